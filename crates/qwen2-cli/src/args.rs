@@ -1,0 +1,94 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run Qwen2 / Qwen2.5 language models from a Hugging Face model directory
+/// (config.json + model.safetensors, or sharded safetensors with an index).
+#[derive(Parser, Debug)]
+#[command(name = "qwen2", version, about, long_about = None)]
+#[command(after_help = "Examples:\n  \
+    qwen2 generate --model tests/fixtures/untied-bf16-mqa --ids 1,2,3 --max-new-tokens 8\n  \
+    qwen2 logits --model tests/fixtures/tied-f32-gqa --ids 1,2,3 --out logits.npy\n\n\
+    Set QWEN2_LOG=debug (or pass --verbose) for load progress and timings.")]
+pub struct Cli {
+    /// Log load progress and decisions to stderr.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write the logits of a forward pass over token ids to a float32 .npy file.
+    Logits(LogitsArgs),
+    /// Generate token ids after a prompt of token ids (greedy by default).
+    Generate(GenerateArgs),
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// Model directory (config.json and *.safetensors).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+
+    /// Compute backend: `auto` picks the best compiled-in backend with a device.
+    #[arg(long, default_value = "auto", value_name = "cpu|auto")]
+    pub backend: String,
+
+    /// Precision policy: which dtype each operation runs in.
+    #[arg(long, default_value = "auto", value_name = "f32|auto")]
+    pub precision: String,
+
+    /// Prompt token ids, comma-separated (e.g. 9707,11,1879).
+    #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
+    pub ids: Vec<u32>,
+}
+
+/// `qwen2 logits`.
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Output file: float32 little-endian .npy, shape [vocab] (last position) or
+    /// [positions, vocab] with --all-positions.
+    #[arg(long, value_name = "FILE.npy")]
+    pub out: PathBuf,
+
+    /// Write logits for every prompt position instead of only the last one.
+    #[arg(long)]
+    pub all_positions: bool,
+}
+
+/// `qwen2 generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Number of tokens to generate at most.
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+
+    /// Sampling temperature; 0 means greedy (always the most likely token).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+
+    /// Seed for sampling when --temperature > 0 (same seed, same output).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Stop at these token ids (comma-separated); defaults to config.json's eos_token_id.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    pub eos: Option<Vec<u32>>,
+
+    /// Print one JSON object (ids, prompt_tokens, generated_tokens, timings) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

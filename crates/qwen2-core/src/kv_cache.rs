@@ -1,0 +1,113 @@
+//! A preallocated key/value cache, kept outside the model so one model can serve many sequences.
+
+use burn::prelude::{Backend, Tensor};
+use burn::tensor::FloatDType;
+
+use crate::error::{Error, Result};
+
+/// Keys and values of one decoder layer.
+pub struct LayerCache<B: Backend> {
+    /// Keys after RoPE, `[kv_heads, capacity, head_dim]`; rows `0..len` are valid.
+    keys: Tensor<B, 3>,
+    /// Values, `[kv_heads, capacity, head_dim]`; rows `0..len` are valid.
+    values: Tensor<B, 3>,
+}
+
+/// The cache of every layer, plus how many positions it holds.
+pub struct KvCache<B: Backend> {
+    layers: Vec<LayerCache<B>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Allocates room for `capacity` positions in each of `layers` layers.
+    pub fn new(
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        dtype: FloatDType,
+        device: &B::Device,
+    ) -> Self {
+        let zeros = || Tensor::zeros([kv_heads, capacity, head_dim], (device, dtype.into()));
+        KvCache {
+            layers: (0..layers)
+                .map(|_| LayerCache {
+                    keys: zeros(),
+                    values: zeros(),
+                })
+                .collect(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Positions already cached (the absolute position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every cached position (the memory is kept).
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Drops cached positions from `len` on, e.g. to rewind a conversation.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Checks that `extra` more positions fit.
+    pub fn check_room(&self, extra: usize) -> Result<()> {
+        if self.len + extra > self.capacity {
+            return Err(Error::ContextOverflow {
+                requested: self.len + extra,
+                capacity: self.capacity,
+                limit: format!("KV cache of {} positions", self.capacity),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores `keys`/`values` (`[kv_heads, seq, head_dim]`) of `layer` at positions
+    /// `len..len + seq` and returns all valid keys and values, `[kv_heads, len + seq, head_dim]`.
+    /// Does not advance `len`: call [`KvCache::advance`] once every layer has appended.
+    pub fn append(
+        &mut self,
+        layer: usize,
+        keys: Tensor<B, 3>,
+        values: Tensor<B, 3>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let [heads, seq, dim] = keys.dims();
+        let (start, end) = (self.len, self.len + seq);
+        let cache = &mut self.layers[layer];
+        let dtype = cache.keys.dtype();
+        // Replace with a placeholder so the cache tensor is uniquely owned and written in place.
+        let device = keys.device();
+        let placeholder = || Tensor::<B, 3>::empty([0, 0, 0], &device);
+        let k = std::mem::replace(&mut cache.keys, placeholder());
+        cache.keys = k.slice_assign([0..heads, start..end, 0..dim], keys.cast(dtype));
+        let v = std::mem::replace(&mut cache.values, placeholder());
+        cache.values = v.slice_assign([0..heads, start..end, 0..dim], values.cast(dtype));
+        (
+            cache.keys.clone().slice([0..heads, 0..end, 0..dim]),
+            cache.values.clone().slice([0..heads, 0..end, 0..dim]),
+        )
+    }
+
+    /// Marks `seq` more positions as valid.
+    pub fn advance(&mut self, seq: usize) {
+        self.len += seq;
+    }
+}

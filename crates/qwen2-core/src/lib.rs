@@ -1,0 +1,22 @@
+//! qwen2-core: the backend-independent part of qwen2-burn — config, checkpoint loading, the Qwen2
+//! graph over any burn backend, the KV cache, precision plans and greedy generation.
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod kv_cache;
+pub mod model;
+pub mod observe;
+pub mod platform;
+pub mod precision;
+pub mod weights;
+
+pub use config::Qwen2Config;
+pub use error::{Error, Result};
+pub use kv_cache::KvCache;
+pub use model::{LogitsFor, Qwen2Model};
+pub use platform::Platform;
+pub use precision::{Policy, PrecisionPlan};
+
+/// Re-export of the burn version the graph is written against.
+pub use burn;

@@ -1,0 +1,66 @@
+//! SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+
+use burn::prelude::{Backend, Tensor};
+use burn::tensor::activation::silu;
+use burn::tensor::FloatDType;
+
+use super::linear::Linear;
+use crate::config::Qwen2Config;
+use crate::error::Result;
+use crate::observe::{Observer, Op, Site};
+use crate::weights::Checkpoint;
+
+/// `model.layers.N.mlp`.
+pub struct Mlp<B: Backend> {
+    /// `[hidden, intermediate]`, no bias.
+    pub gate_proj: Linear<B>,
+    /// `[hidden, intermediate]`, no bias.
+    pub up_proj: Linear<B>,
+    /// `[intermediate, hidden]`, no bias.
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// Loads `{prefix}.{gate,up,down}_proj`.
+    pub fn load(
+        ckpt: &Checkpoint,
+        prefix: &str,
+        c: &Qwen2Config,
+        dtype: FloatDType,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let lin = |name: &str, inp, out| {
+            Linear::load(ckpt, &format!("{prefix}.{name}"), inp, out, false, dtype, device)
+        };
+        Ok(Mlp {
+            gate_proj: lin("gate_proj", h, i)?,
+            up_proj: lin("up_proj", h, i)?,
+            down_proj: lin("down_proj", i, h)?,
+        })
+    }
+
+    /// `x`: `[seq, hidden]` → `[seq, hidden]`, all in `compute` dtype.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        compute: FloatDType,
+        layer: usize,
+        obs: &mut dyn Observer<B>,
+    ) -> Tensor<B, 2> {
+        let gate = self.gate_proj.forward(x.clone(), compute);
+        observe(obs, Site::layer(layer, Op::MlpGate), &gate);
+        let up = self.up_proj.forward(x, compute);
+        observe(obs, Site::layer(layer, Op::MlpUp), &up);
+        let down = self.down_proj.forward(silu(gate) * up, compute);
+        observe(obs, Site::layer(layer, Op::MlpDown), &down);
+        down
+    }
+}
+
+/// Hands `t` to the observer if it wants `site`.
+pub(crate) fn observe<B: Backend>(obs: &mut dyn Observer<B>, site: Site, t: &Tensor<B, 2>) {
+    if obs.wants(site) {
+        obs.observe(site, t);
+    }
+}

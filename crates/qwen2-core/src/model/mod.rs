@@ -1,0 +1,217 @@
+//! The Qwen2 graph, written once over any burn backend. Each role's dtype comes from a
+//! [`PrecisionPlan`]; every boundary between roles is an explicit cast.
+
+mod attention;
+mod layer;
+mod linear;
+mod mlp;
+mod norm;
+mod rope;
+
+use std::path::Path;
+
+use burn::prelude::{Backend, Int, Tensor};
+use burn::tensor::TensorData;
+
+pub use attention::Attention;
+pub use layer::DecoderLayer;
+pub use linear::Linear;
+pub use mlp::Mlp;
+pub use norm::RmsNorm;
+pub use rope::{inverse_frequencies, Rope};
+
+use crate::config::Qwen2Config;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::observe::{NoObserver, Observer, Op, Site};
+use crate::precision::PrecisionPlan;
+use crate::weights::Checkpoint;
+use mlp::observe;
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Only the last position of the call (generation).
+    Last,
+    /// Every position of the call (scoring, conformance tests).
+    All,
+}
+
+/// A loaded Qwen2 / Qwen2.5 causal language model.
+pub struct Qwen2Model<B: Backend> {
+    /// `model.embed_tokens.weight`, `[vocab, hidden]`.
+    pub embed_tokens: Tensor<B, 2>,
+    /// The decoder layers.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// `model.norm`, `[hidden]`.
+    pub norm: RmsNorm<B>,
+    /// `lm_head`, `[hidden, vocab]`; a transposed view of `embed_tokens` when tied.
+    pub lm_head: Linear<B>,
+    /// RoPE tables for every position of the context.
+    pub rope: Rope<B>,
+    config: Qwen2Config,
+    plan: PrecisionPlan,
+    device: B::Device,
+}
+
+impl<B: Backend> Qwen2Model<B> {
+    /// Loads `config.json` and the safetensors checkpoint of a HF model directory, storing the
+    /// weights in `plan.weights` on `device`.
+    pub fn load(dir: impl AsRef<Path>, plan: PrecisionPlan, device: &B::Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = Qwen2Config::from_file(dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        Self::from_checkpoint(config, &ckpt, plan, device)
+    }
+
+    /// Builds the model from an already opened checkpoint.
+    pub fn from_checkpoint(
+        config: Qwen2Config,
+        ckpt: &Checkpoint,
+        plan: PrecisionPlan,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let c = &config;
+        let w = plan.weights;
+        let embed = ckpt.load("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size], w, false)?;
+        let embed_tokens: Tensor<B, 2> = Tensor::from_data(embed, (device, w.into()));
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            tracing::info!(layer = i + 1, of = c.num_hidden_layers, "loading decoder layer");
+            layers.push(DecoderLayer::load(ckpt, i, c, w, device)?);
+        }
+        let norm = RmsNorm::load(ckpt, "model.norm", c.hidden_size, c.rms_norm_eps, w, device)?;
+        let has_head = ckpt.contains("lm_head.weight");
+        let lm_head = if has_head {
+            if c.tie_word_embeddings {
+                tracing::warn!("tie_word_embeddings is set but lm_head.weight exists; using lm_head.weight");
+            }
+            Linear::load(ckpt, "lm_head", c.hidden_size, c.vocab_size, false, w, device)?
+        } else if c.tie_word_embeddings {
+            Linear {
+                weight: embed_tokens.clone().transpose(),
+                bias: None,
+            }
+        } else {
+            return Err(Error::MissingTensor {
+                name: "lm_head.weight".into(),
+                location: "the checkpoint (tie_word_embeddings is false)".into(),
+            });
+        };
+        let rope = Rope::new(c, context_length(c), device);
+        Ok(Qwen2Model {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            config,
+            plan,
+            device: device.clone(),
+        })
+    }
+
+    /// The validated config.
+    pub fn config(&self) -> &Qwen2Config {
+        &self.config
+    }
+
+    /// The precision plan the model runs.
+    pub fn plan(&self) -> &PrecisionPlan {
+        &self.plan
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Longest sequence (prompt + generated) the model can process.
+    pub fn context_length(&self) -> usize {
+        self.rope.max_positions()
+    }
+
+    /// A KV cache for up to `capacity` positions (capped at the context length).
+    pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
+        let c = &self.config;
+        KvCache::new(
+            c.num_hidden_layers,
+            c.num_key_value_heads,
+            c.head_dim,
+            capacity.min(self.context_length()),
+            self.plan.kv_cache,
+            &self.device,
+        )
+    }
+
+    /// Runs `ids` at positions `cache.len()..` and returns logits in the plan's logits dtype:
+    /// `[1, vocab]` for [`LogitsFor::Last`], `[ids.len(), vocab]` for [`LogitsFor::All`].
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache<B>, which: LogitsFor) -> Result<Tensor<B, 2>> {
+        self.forward_observed(ids, cache, which, &mut NoObserver)
+    }
+
+    /// [`Qwen2Model::forward`] that also hands intermediate tensors to `obs`.
+    pub fn forward_observed(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache<B>,
+        which: LogitsFor,
+        obs: &mut dyn Observer<B>,
+    ) -> Result<Tensor<B, 2>> {
+        self.check_input(ids, cache)?;
+        let plan = &self.plan;
+        let seq = ids.len();
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [seq]),
+            &self.device,
+        );
+        let mut x = self.embed_tokens.clone().select(0, idx).cast(plan.residual);
+        observe(obs, Site::global(Op::Embedding), &x);
+        for layer in &self.layers {
+            x = layer.forward(x, cache, &self.rope, plan, obs);
+        }
+        cache.advance(seq);
+        if which == LogitsFor::Last && seq > 1 {
+            let hidden = self.config.hidden_size;
+            x = x.slice([seq - 1..seq, 0..hidden]);
+        }
+        let h = self.norm.forward(x, plan.norm, plan.matmul);
+        observe(obs, Site::global(Op::FinalNorm), &h);
+        let logits = self.lm_head.forward(h, plan.matmul).cast(plan.logits);
+        observe(obs, Site::global(Op::Logits), &logits);
+        Ok(logits)
+    }
+
+    fn check_input(&self, ids: &[u32], cache: &KvCache<B>) -> Result<()> {
+        if ids.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        let vocab = self.config.vocab_size;
+        if let Some((position, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                position,
+                vocab_size: vocab,
+            });
+        }
+        let needed = cache.len() + ids.len();
+        if needed > self.context_length() {
+            return Err(Error::ContextOverflow {
+                requested: needed,
+                capacity: self.context_length(),
+                limit: "the model's context length (max_position_embeddings)".into(),
+            });
+        }
+        cache.check_room(ids.len())
+    }
+}
+
+/// Positions the model supports: `max_position_embeddings`, or YaRN's extended length if larger.
+pub fn context_length(c: &Qwen2Config) -> usize {
+    match &c.rope_scaling {
+        crate::config::RopeScaling::Yarn(y) => c
+            .max_position_embeddings
+            .max((y.original_max_position_embeddings as f64 * y.factor) as usize),
+        crate::config::RopeScaling::Default => c.max_position_embeddings,
+    }
+}

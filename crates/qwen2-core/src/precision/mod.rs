@@ -1,0 +1,5 @@
+//! Precision plans: which dtype holds each role of the graph, and the named policies.
+
+mod plan;
+
+pub use plan::{Policy, PrecisionPlan};

@@ -1,0 +1,263 @@
+//! HF safetensors checkpoints: one `model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`. Files are memory-mapped; each tensor is converted exactly
+//! (F32, BF16 or F16 on disk) straight into the dtype the precision plan stores it in.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{FloatDType, TensorData};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Name of a single-file checkpoint.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// Name of the shard index of a sharded checkpoint.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    /// Byte offset of the data section (8 + header length).
+    data_start: usize,
+    tensors: HashMap<String, safetensors::tensor::TensorInfo>,
+}
+
+/// An opened checkpoint: every shard mapped, every header parsed and validated.
+pub struct Checkpoint {
+    shards: Vec<Shard>,
+    /// Tensor name → index into `shards`.
+    index: HashMap<String, usize>,
+    description: String,
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Opens the checkpoint in a model directory.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let index_path = dir.join(INDEX_FILE);
+        let single_path = dir.join(SINGLE_FILE);
+        if index_path.is_file() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let index: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: index_path.clone(),
+                source,
+            })?;
+            let mut files: Vec<&String> = index.weight_map.values().collect();
+            files.sort();
+            files.dedup();
+            let mut shards = Vec::with_capacity(files.len());
+            for (i, file) in files.iter().enumerate() {
+                tracing::info!(shard = i + 1, of = files.len(), file = %file, "mapping shard");
+                shards.push(Shard::open(dir.join(file))?);
+            }
+            let mut name_to_shard = HashMap::new();
+            for (name, file) in &index.weight_map {
+                let i = files.iter().position(|f| *f == file).expect("file listed above");
+                if !shards[i].tensors.contains_key(name) {
+                    return Err(Error::MissingTensor {
+                        name: name.clone(),
+                        location: format!(
+                            "{} (listed there by {})",
+                            shards[i].path.display(),
+                            index_path.display()
+                        ),
+                    });
+                }
+                name_to_shard.insert(name.clone(), i);
+            }
+            Ok(Checkpoint {
+                shards,
+                index: name_to_shard,
+                description: format!("{} ({} shards)", index_path.display(), files.len()),
+            })
+        } else if single_path.is_file() {
+            let shard = Shard::open(single_path.clone())?;
+            let index = shard.tensors.keys().map(|k| (k.clone(), 0)).collect();
+            Ok(Checkpoint {
+                shards: vec![shard],
+                index,
+                description: single_path.display().to_string(),
+            })
+        } else {
+            Err(Error::io(
+                &single_path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no {SINGLE_FILE} or {INDEX_FILE} in {}", dir.display()),
+                ),
+            ))
+        }
+    }
+
+    /// Whether the checkpoint holds a tensor of that name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Names of all tensors in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    /// Reads tensor `name`, checks its shape against `expected` (HF layout), converts it to
+    /// `dtype`, and transposes a 2-D tensor when `transpose` is set (HF `[out, in]` → `[in, out]`).
+    pub fn load(
+        &self,
+        name: &str,
+        expected: &[usize],
+        dtype: FloatDType,
+        transpose: bool,
+    ) -> Result<TensorData> {
+        let shard = self
+            .index
+            .get(name)
+            .map(|&i| &self.shards[i])
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.into(),
+                location: self.description.clone(),
+            })?;
+        let info = &shard.tensors[name];
+        if info.shape != expected {
+            return Err(Error::TensorShape {
+                name: name.into(),
+                path: shard.path.clone(),
+                expected: expected.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let (start, end) = info.data_offsets;
+        let bytes = &shard.map[shard.data_start + start..shard.data_start + end];
+        let source = match info.dtype {
+            Dtype::F32 => SourceDtype::F32,
+            Dtype::BF16 => SourceDtype::Bf16,
+            Dtype::F16 => SourceDtype::F16,
+            other => {
+                return Err(Error::TensorDtype {
+                    name: name.into(),
+                    path: shard.path.clone(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let (rows, cols) = match (transpose, expected) {
+            (true, [r, c]) => (*r, *c),
+            _ => (1, expected.iter().product()),
+        };
+        let shape: Vec<usize> = if transpose {
+            vec![cols, rows]
+        } else {
+            expected.to_vec()
+        };
+        let data = match dtype {
+            FloatDType::F32 => {
+                let v = convert(bytes, source, rows, cols, transpose, |x| x, |b| f32::from_bits((b as u32) << 16), |b| f16::from_bits(b).to_f32());
+                TensorData::new(v, shape)
+            }
+            FloatDType::BF16 => {
+                let v = convert(bytes, source, rows, cols, transpose, bf16::from_f32, bf16::from_bits, |b| bf16::from_f32(f16::from_bits(b).to_f32()));
+                TensorData::new(v, shape)
+            }
+            FloatDType::F16 => {
+                let v = convert(bytes, source, rows, cols, transpose, f16::from_f32, |b| f16::from_f32(bf16::from_bits(b).to_f32()), f16::from_bits);
+                TensorData::new(v, shape)
+            }
+            other => {
+                return Err(Error::Invalid(format!(
+                    "cannot store weights as {other:?}: use f32, bf16 or f16"
+                )))
+            }
+        };
+        Ok(data)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum SourceDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+/// Converts little-endian `bytes` of `source` dtype into `T`, transposing a `[rows, cols]`
+/// matrix when asked. The three closures convert from f32, bf16 bits and f16 bits.
+#[allow(clippy::too_many_arguments)]
+fn convert<T: Copy + Default>(
+    bytes: &[u8],
+    source: SourceDtype,
+    rows: usize,
+    cols: usize,
+    transpose: bool,
+    from_f32: impl Fn(f32) -> T,
+    from_bf16: impl Fn(u16) -> T,
+    from_f16: impl Fn(u16) -> T,
+) -> Vec<T> {
+    let values: Vec<T> = match source {
+        SourceDtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        SourceDtype::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|c| from_bf16(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        SourceDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| from_f16(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+    };
+    if !transpose {
+        return values;
+    }
+    let mut out = vec![T::default(); values.len()];
+    const BLOCK: usize = 32;
+    for r0 in (0..rows).step_by(BLOCK) {
+        for c0 in (0..cols).step_by(BLOCK) {
+            for r in r0..(r0 + BLOCK).min(rows) {
+                for c in c0..(c0 + BLOCK).min(cols) {
+                    out[c * rows + r] = values[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Shard {
+    fn open(path: PathBuf) -> Result<Self> {
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: the map is read-only and private to this process; a checkpoint that another
+        // process truncates while we run is outside what we can defend against.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&map).map_err(|e| Error::Safetensors {
+                path: path.clone(),
+                message: match e {
+                    safetensors::SafeTensorError::MetadataIncompleteBuffer => format!(
+                        "the data section does not match the header (file truncated or padded?): {e}"
+                    ),
+                    other => other.to_string(),
+                },
+            })?;
+        let tensors = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| (name, info.clone()))
+            .collect();
+        Ok(Shard {
+            path,
+            map,
+            data_start: 8 + header_len,
+            tensors,
+        })
+    }
+}

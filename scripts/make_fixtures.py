@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Builds the tiny Qwen2 test models and their goldens with HF transformers (PyTorch on CPU).
+
+Run through `cargo xtask fixtures` (or directly: python3 scripts/make_fixtures.py --out tests/fixtures).
+Needs: pip install torch transformers safetensors numpy. CI never runs this: it uses the committed output.
+
+Each fixture directory holds an unmodified `save_pretrained` model plus:
+  goldens.safetensors  logits_all [P, V] f32, hidden_states [L+1, P, H] f32 (embedding output, then
+                       each decoder layer's output, captured with forward hooks), and the logits of
+                       HF's own bf16 and f16 runs (logits_all_bf16 / logits_all_f16, as f32).
+  goldens.json         prompt ids, greedy ids (HF generate with KV cache), and facts about the run.
+"""
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+SEED = 20261128
+PROMPT_LEN = 72
+GREEDY_NEW_TOKENS = 16
+
+BASE = dict(
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    hidden_act="silu",
+    bos_token_id=None,
+    eos_token_id=None,
+    use_sliding_window=False,
+)
+
+FIXTURES = {
+    # name: (config overrides, dtype on disk, max_shard_size or None)
+    "tied-f32-gqa": (dict(tie_word_embeddings=True), torch.float32, None),
+    "untied-bf16-mqa": (dict(tie_word_embeddings=False, num_key_value_heads=1), torch.bfloat16, None),
+    "sharded-f16": (dict(tie_word_embeddings=False, num_hidden_layers=3), torch.float16, "120KB"),
+    "yarn-f32": (
+        dict(
+            tie_word_embeddings=True,
+            max_position_embeddings=128,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        ),
+        torch.float32,
+        None,
+    ),
+}
+
+
+def non_trivial_init(model: Qwen2ForCausalLM, gen: torch.Generator) -> None:
+    """HF's default init (std 0.02, zero biases, unit norms) hides bias, norm and RoPE bugs."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)  # U(0.5, 1.5)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+            elif "q_proj" in name or "k_proj" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)  # sharp, non-uniform attention
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.12)
+
+
+def capture_hidden_states(model, input_ids):
+    states = []
+
+    def hook(_module, _inputs, output):
+        t = output[0] if isinstance(output, tuple) else output
+        states.append(t[0].detach().float().clone())
+
+    handles = [model.model.embed_tokens.register_forward_hook(hook)]
+    handles += [layer.register_forward_hook(hook) for layer in model.model.layers]
+    with torch.no_grad():
+        logits = model(input_ids).logits[0].float()
+    for h in handles:
+        h.remove()
+    return logits, torch.stack(states)
+
+
+def attention_sharpness(model, input_ids):
+    with torch.no_grad():
+        out = model(input_ids, output_attentions=True)
+    # mean over layers/heads/queries of the largest attention weight (uniform over t keys = 1/t)
+    return float(torch.stack([a.max(-1).values.mean() for a in out.attentions]).mean())
+
+
+def make(name, overrides, disk_dtype, shard, out_root: Path):
+    gen = torch.Generator().manual_seed(SEED + sum(map(ord, name)))
+    cfg = Qwen2Config(**{**BASE, **overrides}, attn_implementation="eager")
+    torch.manual_seed(SEED)
+    model = Qwen2ForCausalLM(cfg).eval()
+    non_trivial_init(model, gen)
+    if cfg.tie_word_embeddings:
+        model.tie_weights()
+    out = out_root / name
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    kwargs = {"max_shard_size": shard} if shard else {}
+    model.to(disk_dtype).save_pretrained(out, **kwargs)
+
+    # Goldens come from the model as reloaded from disk, computed in f32.
+    ref = Qwen2ForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, PROMPT_LEN), generator=gen)
+    logits, hidden = capture_hidden_states(ref, ids)
+    with torch.no_grad():
+        greedy = ref.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=GREEDY_NEW_TOKENS,
+            min_new_tokens=GREEDY_NEW_TOKENS,
+            do_sample=False,
+            use_cache=True,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+    new_ids = greedy.sequences[0, PROMPT_LEN:].tolist()
+    margins = [float((s[0].topk(2).values[0] - s[0].topk(2).values[1])) for s in greedy.scores]
+
+    half_logits = {}
+    for label, dt in (("bf16", torch.bfloat16), ("f16", torch.float16)):
+        m = Qwen2ForCausalLM.from_pretrained(out, dtype=dt, attn_implementation="eager").eval()
+        with torch.no_grad():
+            half_logits[label] = m(ids).logits[0].float()
+
+    save_file(
+        {
+            "logits_all": logits.contiguous(),
+            "hidden_states": hidden.contiguous(),
+            "logits_all_bf16": half_logits["bf16"].contiguous(),
+            "logits_all_f16": half_logits["f16"].contiguous(),
+        },
+        str(out / "goldens.safetensors"),
+    )
+    facts = {
+        "prompt_ids": ids[0].tolist(),
+        "greedy_ids": new_ids,
+        "greedy_min_top2_margin": min(margins),
+        "disk_dtype": str(disk_dtype).replace("torch.", ""),
+        "hf_bf16_max_abs_err": float((half_logits["bf16"] - logits).abs().max()),
+        "hf_f16_max_abs_err": float((half_logits["f16"] - logits).abs().max()),
+        "attention_mean_max_weight": attention_sharpness(ref, ids),
+        "uniform_attention_mean_max_weight": sum(1 / (t + 1) for t in range(PROMPT_LEN)) / PROMPT_LEN,
+        "transformers": __import__("transformers").__version__,
+        "torch": torch.__version__,
+        "seed": SEED,
+    }
+    (out / "goldens.json").write_text(json.dumps(facts, indent=1) + "\n")
+    if min(margins) < 1e-3:
+        raise SystemExit(f"{name}: greedy top-2 margin {min(margins)} too small for an exact-ids test")
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"{name}: {size / 1e6:.2f} MB, greedy {new_ids[:6]}..., margin {min(margins):.3g}, "
+          f"attention sharpness {facts['attention_mean_max_weight']:.2f} "
+          f"(uniform {facts['uniform_attention_mean_max_weight']:.2f})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("tests/fixtures"))
+    ap.add_argument("--only", nargs="*", help="fixture names to rebuild (default: all)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    for name, (overrides, dt, shard) in FIXTURES.items():
+        if not args.only or name in args.only:
+            make(name, overrides, dt, shard, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+//! qwen2-burn: Qwen2 / Qwen2.5 inference on burn, on CPU (and, with features, on GPUs), with a
+//! precision plan per operation.
+//!
+//! ```no_run
+//! use qwen2_burn::{cpu::Cpu, core::{Platform, PrecisionPlan, Qwen2Model, LogitsFor}};
+//!
+//! let device = Cpu::devices().remove(0);
+//! let model = Qwen2Model::<<Cpu as Platform>::B>::load("tests/fixtures/tied-f32-gqa", PrecisionPlan::F32, &device)?;
+//! let mut cache = model.new_cache(64);
+//! let logits = model.forward(&[1, 2, 3], &mut cache, LogitsFor::Last)?; // [1, vocab]
+//! # Ok::<(), qwen2_burn::core::Error>(())
+//! ```
+
+pub use qwen2_core as core;
+
+/// The CPU backend (feature `cpu`, on by default).
+#[cfg(feature = "cpu")]
+pub use qwen2_cpu as cpu;
