@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 /// Run Qwen2 / Qwen2.5 language models from a Hugging Face model directory
 /// (config.json + model.safetensors, or sharded safetensors with an index).
 #[derive(Parser, Debug)]
-#[command(name = "qwen2", version, about, long_about = None)]
+#[command(name = "qwen2", version)]
 #[command(after_help = "Examples:\n  \
     qwen2 generate --model tests/fixtures/untied-bf16-mqa --ids 1,2,3 --max-new-tokens 8\n  \
     qwen2 logits --model tests/fixtures/tied-f32-gqa --ids 1,2,3 --out logits.npy\n\n\

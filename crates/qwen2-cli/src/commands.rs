@@ -88,7 +88,12 @@ fn logits<P: Platform>(a: LogitsArgs) -> CliResult {
     };
     crate::npy::write_f32(&a.out, &shape, &values)
         .map_err(|e| format!("cannot write {}: {e}", a.out.display()))?;
-    eprintln!("wrote {} float32 logits {:?} to {}", values.len(), shape, a.out.display());
+    eprintln!(
+        "wrote {} float32 logits {:?} to {}",
+        values.len(),
+        shape,
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -108,7 +113,10 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         sampling,
-        eos_token_ids: a.eos.clone().unwrap_or_else(|| model.config().eos_token_ids.clone()),
+        eos_token_ids: a
+            .eos
+            .clone()
+            .unwrap_or_else(|| model.config().eos_token_ids.clone()),
     };
     let out = generate(&model, &a.model.ids, &opts, |id| {
         if !a.json {

@@ -5,7 +5,11 @@ use std::path::Path;
 
 /// Writes `values` with `shape` as a float32 .npy file.
 pub fn write_f32(path: &Path, shape: &[usize], values: &[f32]) -> std::io::Result<()> {
-    assert_eq!(shape.iter().product::<usize>(), values.len(), "npy shape/data mismatch");
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        values.len(),
+        "npy shape/data mismatch"
+    );
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     let shape_str = if dims.len() == 1 {
         format!("({},)", dims[0])

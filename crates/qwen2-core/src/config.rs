@@ -139,7 +139,10 @@ impl Qwen2Config {
         };
 
         match &raw.architectures {
-            Some(archs) if archs.iter().any(|a| SUPPORTED_ARCHITECTURES.contains(&a.as_str())) => {}
+            Some(archs)
+                if archs
+                    .iter()
+                    .any(|a| SUPPORTED_ARCHITECTURES.contains(&a.as_str())) => {}
             Some(archs) => {
                 return Err(unsupported(format!(
                     "architecture {archs:?}: this engine runs {SUPPORTED_ARCHITECTURES:?}"
@@ -171,8 +174,10 @@ impl Qwen2Config {
         let intermediate_size = required(raw.intermediate_size, "intermediate_size")?;
         let num_hidden_layers = required(raw.num_hidden_layers, "num_hidden_layers")?;
         let num_attention_heads = required(raw.num_attention_heads, "num_attention_heads")?;
-        let num_key_value_heads =
-            required(raw.num_key_value_heads.or(Some(num_attention_heads)), "num_key_value_heads")?;
+        let num_key_value_heads = required(
+            raw.num_key_value_heads.or(Some(num_attention_heads)),
+            "num_key_value_heads",
+        )?;
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(field_err(
                 "num_key_value_heads",
@@ -192,7 +197,10 @@ impl Qwen2Config {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(field_err("head_dim", format!("{head_dim} must be even for RoPE")));
+            return Err(field_err(
+                "head_dim",
+                format!("{head_dim} must be even for RoPE"),
+            ));
         }
         let max_position_embeddings =
             required(raw.max_position_embeddings, "max_position_embeddings")?;
@@ -212,12 +220,20 @@ impl Qwen2Config {
         let rope_params = raw.rope_parameters.as_ref().filter(|v| !v.is_null());
         let rope_theta = raw
             .rope_theta
-            .or_else(|| rope_params.and_then(|v| v.get("rope_theta")).and_then(Value::as_f64))
+            .or_else(|| {
+                rope_params
+                    .and_then(|v| v.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
             .unwrap_or(10_000.0);
         if !(rope_theta.is_finite() && rope_theta > 1.0) {
             return Err(field_err("rope_theta", format!("{rope_theta} must be > 1")));
         }
-        let scaling_value = raw.rope_scaling.as_ref().filter(|v| !v.is_null()).or(rope_params);
+        let scaling_value = raw
+            .rope_scaling
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .or(rope_params);
         let scaling_field = if raw.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             "rope_scaling"
         } else {
@@ -230,7 +246,10 @@ impl Qwen2Config {
 
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
-            return Err(field_err("rms_norm_eps", format!("{rms_norm_eps} must be > 0")));
+            return Err(field_err(
+                "rms_norm_eps",
+                format!("{rms_norm_eps} must be > 0"),
+            ));
         }
 
         Ok(Qwen2Config {
@@ -247,7 +266,11 @@ impl Qwen2Config {
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             max_position_embeddings,
             torch_dtype: raw.torch_dtype.or(raw.dtype),
-            bos_token_id: raw.bos_token_id.as_ref().and_then(Value::as_u64).map(|v| v as u32),
+            bos_token_id: raw
+                .bos_token_id
+                .as_ref()
+                .and_then(Value::as_u64)
+                .map(|v| v as u32),
             eos_token_ids: ids_of(raw.eos_token_id.as_ref()),
         })
     }
@@ -261,7 +284,11 @@ impl Qwen2Config {
 fn ids_of(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -318,5 +345,132 @@ fn parse_rope_scaling(
             path: p,
             what: format!("{field} type \"{other}\": only default and yarn RoPE are implemented"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Qwen2Config> {
+        Qwen2Config::from_json_str(json, Path::new("config.json"))
+    }
+
+    /// Qwen2.5-7B-Instruct's config.json as transformers 4 wrote it, with the YaRN block its
+    /// model card suggests for long contexts.
+    const QWEN25_7B_YARN: &str = r#"{
+      "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+      "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02,
+      "intermediate_size": 18944, "max_position_embeddings": 32768, "max_window_layers": 28,
+      "model_type": "qwen2", "num_attention_heads": 28, "num_hidden_layers": 28,
+      "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+      "sliding_window": 131072, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+      "transformers_version": "4.43.1", "use_cache": true, "use_sliding_window": false,
+      "vocab_size": 152064,
+      "rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn"}
+    }"#;
+
+    #[test]
+    fn reads_transformers_4_spelling_with_yarn() {
+        let c = parse(QWEN25_7B_YARN).unwrap();
+        assert_eq!(c.head_dim, 128);
+        assert_eq!(c.kv_groups(), 7);
+        assert_eq!(c.rope_theta, 1e6);
+        assert_eq!(c.torch_dtype.as_deref(), Some("bfloat16"));
+        assert_eq!(c.eos_token_ids, vec![151645]);
+        assert_eq!(c.bos_token_id, Some(151643));
+        match &c.rope_scaling {
+            RopeScaling::Yarn(y) => {
+                assert_eq!(y.factor, 4.0);
+                assert_eq!(y.original_max_position_embeddings, 32768);
+                assert_eq!((y.beta_fast, y.beta_slow), (32.0, 1.0));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(crate::model::context_length(&c), 131072);
+    }
+
+    #[test]
+    fn reads_transformers_5_spelling() {
+        let json = QWEN25_7B_YARN
+            .replace(r#""rope_theta": 1000000.0,"#, "")
+            .replace(r#""torch_dtype""#, r#""dtype""#)
+            .replace(
+                r#""rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn"}"#,
+                r#""rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}"#,
+            );
+        let c = parse(&json).unwrap();
+        assert_eq!(c.rope_theta, 1e6);
+        assert_eq!(c.rope_scaling, RopeScaling::Default);
+        assert_eq!(c.torch_dtype.as_deref(), Some("bfloat16"));
+    }
+
+    #[test]
+    fn eos_list_and_null_scaling_are_accepted() {
+        let json = QWEN25_7B_YARN
+            .replace(
+                r#""eos_token_id": 151645"#,
+                r#""eos_token_id": [151643, 151645]"#,
+            )
+            .replace(
+                r#"{"factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn"}"#,
+                "null",
+            );
+        let c = parse(&json).unwrap();
+        assert_eq!(c.eos_token_ids, vec![151643, 151645]);
+        assert_eq!(c.rope_scaling, RopeScaling::Default);
+    }
+
+    #[test]
+    fn math_changing_fields_are_errors() {
+        let cases: [(&[(&str, &str)], &str); 5] = [
+            (
+                &[(r#""hidden_act": "silu""#, r#""hidden_act": "gelu""#)],
+                "gelu",
+            ),
+            (
+                &[
+                    (
+                        r#""use_sliding_window": false"#,
+                        r#""use_sliding_window": true"#,
+                    ),
+                    (r#""sliding_window": 131072"#, r#""sliding_window": 4096"#),
+                ],
+                "use_sliding_window=true with sliding_window=4096",
+            ),
+            (
+                &[(r#""num_key_value_heads": 4"#, r#""num_key_value_heads": 5"#)],
+                "does not divide",
+            ),
+            (
+                &[(r#""type": "yarn""#, r#""type": "dynamic""#)],
+                "\"dynamic\"",
+            ),
+            (
+                &[(r#""hidden_size": 3584"#, r#""hidden_size": 0"#)],
+                "`hidden_size`: must be positive",
+            ),
+        ];
+        for (edits, needle) in cases {
+            let mut json = QWEN25_7B_YARN.to_string();
+            for (from, to) in edits {
+                assert!(json.contains(from));
+                json = json.replacen(from, to, 1);
+            }
+            let e = parse(&json).expect_err(needle);
+            assert!(e.to_string().contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn sliding_window_covering_the_whole_context_is_harmless() {
+        let json = QWEN25_7B_YARN.replace(
+            r#""use_sliding_window": false"#,
+            r#""use_sliding_window": true"#,
+        );
+        assert!(
+            parse(&json).is_ok(),
+            "window 131072 >= max_position_embeddings"
+        );
     }
 }

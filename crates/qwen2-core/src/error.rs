@@ -68,7 +68,9 @@ pub enum Error {
     },
 
     /// A tensor has a shape that does not match config.json.
-    #[error("tensor `{name}` in {path} has shape {found:?}, expected {expected:?} (from config.json)")]
+    #[error(
+        "tensor `{name}` in {path} has shape {found:?}, expected {expected:?} (from config.json)"
+    )]
     TensorShape {
         /// HF tensor name.
         name: String,
@@ -118,7 +120,9 @@ pub enum Error {
     EmptyInput,
 
     /// The logits of a step hold NaN or inf: no token is sampled from them.
-    #[error("non-finite logits at generation step {step} ({nan} NaN, {inf} inf): refusing to sample")]
+    #[error(
+        "non-finite logits at generation step {step} ({nan} NaN, {inf} inf): refusing to sample"
+    )]
     NonFiniteLogits {
         /// 0 is the prefill, 1.. the decode steps.
         step: usize,

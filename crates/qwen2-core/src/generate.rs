@@ -116,7 +116,12 @@ pub fn generate<B: Backend>(
         input = vec![next];
     }
     let decode_time = start.elapsed().saturating_sub(prefill_time);
-    tracing::debug!(generated = ids.len(), ?prefill_time, ?decode_time, "generation done");
+    tracing::debug!(
+        generated = ids.len(),
+        ?prefill_time,
+        ?decode_time,
+        "generation done"
+    );
     Ok(Generation {
         ids,
         prompt_tokens: prompt.len(),
@@ -138,7 +143,9 @@ pub fn pick(logits: &[f32], sampling: Sampling, rng: &mut SplitMix64, step: usiz
         Sampling::Greedy => argmax(logits),
         Sampling::Temperature { temperature, .. } => {
             if !(temperature > 0.0) {
-                return Err(Error::Invalid(format!("temperature must be > 0, got {temperature}")));
+                return Err(Error::Invalid(format!(
+                    "temperature must be > 0, got {temperature}"
+                )));
             }
             let max = logits[argmax(logits) as usize];
             let weights: Vec<f64> = logits

@@ -117,7 +117,10 @@ impl<B: Backend> Observer<B> for HiddenStates {
     }
 
     fn observe(&mut self, _site: Site, tensor: &Tensor<B, 2>) {
-        let data = tensor.clone().cast(burn::tensor::FloatDType::F32).into_data();
+        let data = tensor
+            .clone()
+            .cast(burn::tensor::FloatDType::F32)
+            .into_data();
         self.states
             .push(data.to_vec::<f32>().expect("cast to f32 above"));
     }

@@ -47,7 +47,8 @@ impl Checkpoint {
         let index_path = dir.join(INDEX_FILE);
         let single_path = dir.join(SINGLE_FILE);
         if index_path.is_file() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
             let index: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Json {
                 path: index_path.clone(),
                 source,
@@ -62,7 +63,10 @@ impl Checkpoint {
             }
             let mut name_to_shard = HashMap::new();
             for (name, file) in &index.weight_map {
-                let i = files.iter().position(|f| *f == file).expect("file listed above");
+                let i = files
+                    .iter()
+                    .position(|f| *f == file)
+                    .expect("file listed above");
                 if !shards[i].tensors.contains_key(name) {
                     return Err(Error::MissingTensor {
                         name: name.clone(),
@@ -160,15 +164,42 @@ impl Checkpoint {
         };
         let data = match dtype {
             FloatDType::F32 => {
-                let v = convert(bytes, source, rows, cols, transpose, |x| x, |b| f32::from_bits((b as u32) << 16), |b| f16::from_bits(b).to_f32());
+                let v = convert(
+                    bytes,
+                    source,
+                    rows,
+                    cols,
+                    transpose,
+                    |x| x,
+                    |b| f32::from_bits((b as u32) << 16),
+                    |b| f16::from_bits(b).to_f32(),
+                );
                 TensorData::new(v, shape)
             }
             FloatDType::BF16 => {
-                let v = convert(bytes, source, rows, cols, transpose, bf16::from_f32, bf16::from_bits, |b| bf16::from_f32(f16::from_bits(b).to_f32()));
+                let v = convert(
+                    bytes,
+                    source,
+                    rows,
+                    cols,
+                    transpose,
+                    bf16::from_f32,
+                    bf16::from_bits,
+                    |b| bf16::from_f32(f16::from_bits(b).to_f32()),
+                );
                 TensorData::new(v, shape)
             }
             FloatDType::F16 => {
-                let v = convert(bytes, source, rows, cols, transpose, f16::from_f32, |b| f16::from_f32(bf16::from_bits(b).to_f32()), f16::from_bits);
+                let v = convert(
+                    bytes,
+                    source,
+                    rows,
+                    cols,
+                    transpose,
+                    f16::from_f32,
+                    |b| f16::from_f32(bf16::from_bits(b).to_f32()),
+                    f16::from_bits,
+                );
                 TensorData::new(v, shape)
             }
             other => {

@@ -16,7 +16,10 @@ impl Platform for Cpu {
 
     fn describe(_device: &FlexDevice) -> String {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        format!("CPU ({threads} threads, burn-flex, {})", std::env::consts::ARCH)
+        format!(
+            "CPU ({threads} threads, burn-flex, {})",
+            std::env::consts::ARCH
+        )
     }
 }
 

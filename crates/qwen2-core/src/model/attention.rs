@@ -115,5 +115,8 @@ fn causal_mask<B: Backend>(
         let visible = start + r % seq + 1;
         mask[r * total + visible..(r + 1) * total].fill(f32::NEG_INFINITY);
     }
-    Tensor::from_data(TensorData::new(mask, [1, rep * seq, total]), (device, dtype.into()))
+    Tensor::from_data(
+        TensorData::new(mask, [1, rep * seq, total]),
+        (device, dtype.into()),
+    )
 }

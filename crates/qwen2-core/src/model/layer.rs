@@ -38,7 +38,14 @@ impl<B: Backend> DecoderLayer<B> {
     ) -> Result<Self> {
         let p = format!("model.layers.{index}");
         let norm = |name: &str| {
-            RmsNorm::load(ckpt, &format!("{p}.{name}"), c.hidden_size, c.rms_norm_eps, dtype, device)
+            RmsNorm::load(
+                ckpt,
+                &format!("{p}.{name}"),
+                c.hidden_size,
+                c.rms_norm_eps,
+                dtype,
+                device,
+            )
         };
         Ok(DecoderLayer {
             input_layernorm: norm("input_layernorm")?,
@@ -59,14 +66,18 @@ impl<B: Backend> DecoderLayer<B> {
         obs: &mut dyn Observer<B>,
     ) -> Tensor<B, 2> {
         let i = self.index;
-        let h = self.input_layernorm.forward(x.clone(), plan.norm, plan.matmul);
+        let h = self
+            .input_layernorm
+            .forward(x.clone(), plan.norm, plan.matmul);
         observe(obs, Site::layer(i, Op::InputNorm), &h);
         let attn = self.self_attn.forward(h, i, cache, rope, plan);
         observe(obs, Site::layer(i, Op::AttentionOutput), &attn);
         let x = x + attn.cast(plan.residual);
         observe(obs, Site::layer(i, Op::AttentionResidual), &x);
 
-        let h = self.post_attention_layernorm.forward(x.clone(), plan.norm, plan.matmul);
+        let h = self
+            .post_attention_layernorm
+            .forward(x.clone(), plan.norm, plan.matmul);
         observe(obs, Site::layer(i, Op::PostAttentionNorm), &h);
         let mlp = self.mlp.forward(h, plan.matmul, i, obs);
         let x = x + mlp.cast(plan.residual);

@@ -31,7 +31,15 @@ impl<B: Backend> Mlp<B> {
     ) -> Result<Self> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let lin = |name: &str, inp, out| {
-            Linear::load(ckpt, &format!("{prefix}.{name}"), inp, out, false, dtype, device)
+            Linear::load(
+                ckpt,
+                &format!("{prefix}.{name}"),
+                inp,
+                out,
+                false,
+                dtype,
+                device,
+            )
         };
         Ok(Mlp {
             gate_proj: lin("gate_proj", h, i)?,

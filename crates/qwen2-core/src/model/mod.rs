@@ -73,20 +73,39 @@ impl<B: Backend> Qwen2Model<B> {
     ) -> Result<Self> {
         let c = &config;
         let w = plan.weights;
-        let embed = ckpt.load("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size], w, false)?;
+        let embed = ckpt.load(
+            "model.embed_tokens.weight",
+            &[c.vocab_size, c.hidden_size],
+            w,
+            false,
+        )?;
         let embed_tokens: Tensor<B, 2> = Tensor::from_data(embed, (device, w.into()));
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            tracing::info!(layer = i + 1, of = c.num_hidden_layers, "loading decoder layer");
+            tracing::info!(
+                layer = i + 1,
+                of = c.num_hidden_layers,
+                "loading decoder layer"
+            );
             layers.push(DecoderLayer::load(ckpt, i, c, w, device)?);
         }
         let norm = RmsNorm::load(ckpt, "model.norm", c.hidden_size, c.rms_norm_eps, w, device)?;
         let has_head = ckpt.contains("lm_head.weight");
         let lm_head = if has_head {
             if c.tie_word_embeddings {
-                tracing::warn!("tie_word_embeddings is set but lm_head.weight exists; using lm_head.weight");
+                tracing::warn!(
+                    "tie_word_embeddings is set but lm_head.weight exists; using lm_head.weight"
+                );
             }
-            Linear::load(ckpt, "lm_head", c.hidden_size, c.vocab_size, false, w, device)?
+            Linear::load(
+                ckpt,
+                "lm_head",
+                c.hidden_size,
+                c.vocab_size,
+                false,
+                w,
+                device,
+            )?
         } else if c.tie_word_embeddings {
             Linear {
                 weight: embed_tokens.clone().transpose(),
@@ -146,7 +165,12 @@ impl<B: Backend> Qwen2Model<B> {
 
     /// Runs `ids` at positions `cache.len()..` and returns logits in the plan's logits dtype:
     /// `[1, vocab]` for [`LogitsFor::Last`], `[ids.len(), vocab]` for [`LogitsFor::All`].
-    pub fn forward(&self, ids: &[u32], cache: &mut KvCache<B>, which: LogitsFor) -> Result<Tensor<B, 2>> {
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache<B>,
+        which: LogitsFor,
+    ) -> Result<Tensor<B, 2>> {
         self.forward_observed(ids, cache, which, &mut NoObserver)
     }
 
@@ -187,7 +211,8 @@ impl<B: Backend> Qwen2Model<B> {
             return Err(Error::EmptyInput);
         }
         let vocab = self.config.vocab_size;
-        if let Some((position, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+        if let Some((position, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab)
+        {
             return Err(Error::TokenOutOfRange {
                 id,
                 position,

@@ -37,7 +37,8 @@ fn yarn(y: &YarnParams, dim: usize, base: f64, pos_freqs: &[f32]) -> (Vec<f32>, 
     });
     let correction_dim = |rotations: f64| {
         (dim as f64
-            * (y.original_max_position_embeddings as f64 / (rotations * 2.0 * std::f64::consts::PI))
+            * (y.original_max_position_embeddings as f64
+                / (rotations * 2.0 * std::f64::consts::PI))
                 .ln())
             / (2.0 * base.ln())
     };

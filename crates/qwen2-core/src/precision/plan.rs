@@ -110,7 +110,10 @@ impl FromStr for Policy {
             .find(|p| p.name() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = Policy::ALL.iter().map(|p| p.name()).collect();
-                format!("unknown precision policy `{s}` (known: {})", names.join(", "))
+                format!(
+                    "unknown precision policy `{s}` (known: {})",
+                    names.join(", ")
+                )
             })
     }
 }

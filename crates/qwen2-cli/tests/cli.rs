@@ -1,0 +1,308 @@
+//! The `qwen2` binary as a user runs it: outputs, the CLI contract, and errors without panics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn facts(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("goldens.json")).unwrap())
+        .unwrap()
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn csv(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn qwen2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qwen2"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Reads a float32 .npy written by `qwen2 logits`: (shape, values).
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + hlen) % 64, 0, "header padded to 64 bytes");
+    let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"),
+        "{header}"
+    );
+    let shape_str = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_str
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let values: Vec<f32> = bytes[10 + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(values.len(), shape.iter().product::<usize>());
+    (shape, values)
+}
+
+fn golden_logits(name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(fixture(name).join("goldens.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor("logits_all")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn assert_clean_failure(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "should fail; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "no panic expected: {stderr}");
+    assert!(stderr.contains("error"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn logits_writes_last_and_all_positions_npy_matching_hf() {
+    let name = "sharded-f16";
+    let f = facts(name);
+    let ids = ids_of(&f["prompt_ids"]);
+    let golden = golden_logits(name);
+    let tmp = tempfile::tempdir().unwrap();
+
+    let last = tmp.path().join("last.npy");
+    let out = qwen2(&[
+        "logits",
+        "--model",
+        fixture(name).to_str().unwrap(),
+        "--ids",
+        &csv(&ids),
+        "--backend",
+        "cpu",
+        "--precision",
+        "f32",
+        "--out",
+        last.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (shape, values) = read_npy(&last);
+    assert_eq!(shape, vec![320]);
+    let want = &golden[(ids.len() - 1) * 320..];
+    let err = values
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4, "max |Δ| {err}");
+
+    let all = tmp.path().join("all.npy");
+    let out = qwen2(&[
+        "logits",
+        "--model",
+        fixture(name).to_str().unwrap(),
+        "--ids",
+        &csv(&ids),
+        "--out",
+        all.to_str().unwrap(),
+        "--all-positions",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (shape, values) = read_npy(&all);
+    assert_eq!(shape, vec![ids.len(), 320]);
+    let err = values
+        .iter()
+        .zip(&golden)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4, "max |Δ| {err}");
+}
+
+#[test]
+fn generate_json_reports_greedy_ids_and_speed() {
+    let name = "untied-bf16-mqa";
+    let f = facts(name);
+    let ids = ids_of(&f["prompt_ids"]);
+    let greedy = ids_of(&f["greedy_ids"]);
+    let out = qwen2(&[
+        "generate",
+        "--model",
+        fixture(name).to_str().unwrap(),
+        "--ids",
+        &csv(&ids),
+        "--max-new-tokens",
+        &greedy.len().to_string(),
+        "--temperature",
+        "0",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    assert_eq!(ids_of(&v["ids"]), greedy);
+    assert_eq!(v["prompt_tokens"], ids.len());
+    assert_eq!(v["generated_tokens"], greedy.len());
+    assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn generate_text_mode_streams_ids() {
+    let out = qwen2(&[
+        "generate",
+        "--model",
+        fixture("tied-f32-gqa").to_str().unwrap(),
+        "--ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(out.status.success());
+    let words = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .count();
+    assert_eq!(words, 4);
+}
+
+#[test]
+fn errors_are_messages_not_panics() {
+    let model = fixture("tied-f32-gqa");
+    let model = model.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let npy = tmp.path().join("x.npy");
+    let npy = npy.to_str().unwrap();
+
+    let e = assert_clean_failure(&qwen2(&[
+        "logits",
+        "--model",
+        "/nonexistent/model",
+        "--ids",
+        "1",
+        "--out",
+        npy,
+    ]));
+    assert!(e.contains("/nonexistent/model/config.json"), "{e}");
+
+    let e = assert_clean_failure(&qwen2(&[
+        "logits", "--model", model, "--ids", "1,999", "--out", npy,
+    ]));
+    assert!(e.contains("token id 999"), "{e}");
+
+    let e = assert_clean_failure(&qwen2(&[
+        "logits",
+        "--model",
+        model,
+        "--ids",
+        "1",
+        "--precision",
+        "f8",
+        "--out",
+        npy,
+    ]));
+    assert!(
+        e.contains("unknown precision policy `f8`") && e.contains("f32"),
+        "{e}"
+    );
+
+    let e = assert_clean_failure(&qwen2(&[
+        "logits",
+        "--model",
+        model,
+        "--ids",
+        "1",
+        "--backend",
+        "tpu",
+        "--out",
+        npy,
+    ]));
+    assert!(e.contains("tpu") && e.contains("cpu"), "{e}");
+
+    let e = assert_clean_failure(&qwen2(&[
+        "generate",
+        "--model",
+        model,
+        "--ids",
+        "1",
+        "--max-new-tokens",
+        "300",
+    ]));
+    assert!(e.contains("context"), "{e}");
+
+    let e = assert_clean_failure(&qwen2(&[
+        "generate",
+        "--model",
+        model,
+        "--ids",
+        "1",
+        "--temperature=-1",
+    ]));
+    assert!(e.contains("temperature"), "{e}");
+
+    let e = assert_clean_failure(&qwen2(&[
+        "logits",
+        "--model",
+        model,
+        "--ids",
+        "1",
+        "--out",
+        "/nonexistent/dir/x.npy",
+    ]));
+    assert!(e.contains("/nonexistent/dir/x.npy"), "{e}");
+
+    let e = assert_clean_failure(&qwen2(&[
+        "logits", "--model", model, "--ids", "a,b", "--out", npy,
+    ]));
+    assert!(e.contains("--ids"), "{e}");
+}
+
+#[test]
+fn help_names_the_contract_flags() {
+    let out = qwen2(&["logits", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--model",
+        "--ids",
+        "--backend",
+        "--precision",
+        "--out",
+        "--all-positions",
+    ] {
+        assert!(help.contains(flag), "logits --help lacks {flag}");
+    }
+    let out = qwen2(&["generate", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--max-new-tokens", "--temperature", "--json", "--seed"] {
+        assert!(help.contains(flag), "generate --help lacks {flag}");
+    }
+}

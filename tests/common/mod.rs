@@ -1,0 +1,84 @@
+//! Shared helpers of the integration tests: fixtures and their HF goldens.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use qwen2_burn::core::burn::tensor::FloatDType;
+use qwen2_burn::core::{Platform, PrecisionPlan, Qwen2Model};
+use qwen2_burn::cpu::Cpu;
+
+pub type B = <Cpu as Platform>::B;
+
+/// Every fixture made by scripts/make_fixtures.py.
+pub const FIXTURES: &[&str] = &["tied-f32-gqa", "untied-bf16-mqa", "sharded-f16", "yarn-f32"];
+
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// HF goldens of one fixture.
+pub struct Goldens {
+    pub prompt_ids: Vec<u32>,
+    pub greedy_ids: Vec<u32>,
+    /// `[P, V]`, row-major.
+    pub logits_all: Vec<f32>,
+    /// `[L + 1, P, H]`, row-major.
+    pub hidden_states: Vec<f32>,
+    pub hidden_shape: Vec<usize>,
+    pub vocab: usize,
+}
+
+pub fn goldens(name: &str) -> Goldens {
+    let dir = fixture_dir(name);
+    let facts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("goldens.json")).unwrap()).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        facts[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let bytes = std::fs::read(dir.join("goldens.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |key: &str| -> (Vec<f32>, Vec<usize>) {
+        let t = st.tensor(key).unwrap();
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (v, t.shape().to_vec())
+    };
+    let (logits_all, lshape) = f32s("logits_all");
+    let (hidden_states, hidden_shape) = f32s("hidden_states");
+    Goldens {
+        prompt_ids: ids("prompt_ids"),
+        greedy_ids: ids("greedy_ids"),
+        logits_all,
+        hidden_states,
+        hidden_shape,
+        vocab: lshape[1],
+    }
+}
+
+pub fn load(name: &str, plan: PrecisionPlan) -> Qwen2Model<B> {
+    let device = Cpu::devices().remove(0);
+    Qwen2Model::load(fixture_dir(name), plan, &device).unwrap()
+}
+
+pub fn to_f32(t: qwen2_burn::core::burn::prelude::Tensor<B, 2>) -> Vec<f32> {
+    t.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap()
+}
+
+/// Largest absolute difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
