@@ -40,6 +40,12 @@ BASE = dict(
     use_sliding_window=False,
 )
 
+# Massive-activation fixtures: (product silu(gate)*up at position 0, down_proj weight of the spike).
+# 1000 * 100 = 1e5 overflows f16 in down_proj; 1000 * 20 = 2e4 fits f16, but its square does not.
+MASSIVE = {"massive-1e5": (1000.0, 100.0), "massive-2e4": (1000.0, 20.0)}
+MASSIVE_CHANNEL = 7  # intermediate channel that spikes
+MASSIVE_DIM = 5  # residual dimension that receives the spike
+
 FIXTURES = {
     # name: (config overrides, dtype on disk, max_shard_size or None)
     "tied-f32-gqa": (dict(tie_word_embeddings=True), torch.float32, None),
@@ -59,6 +65,8 @@ FIXTURES = {
         torch.float32,
         None,
     ),
+    "massive-1e5": (dict(tie_word_embeddings=False), torch.bfloat16, None),
+    "massive-2e4": (dict(tie_word_embeddings=False), torch.bfloat16, None),
 }
 
 
@@ -76,6 +84,51 @@ def non_trivial_init(model: Qwen2ForCausalLM, gen: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)  # sharp, non-uniform attention
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.12)
+
+
+def plant_massive_activation(model, input_ids, product, spike):
+    """Makes one MLP channel of layer 0 fire at position 0 and write ~product*spike into one
+    residual dimension: gate/up rows aligned with the layer-0 MLP input at position 0 so that
+    silu(gate)*up ~= product there, and that channel's down_proj column carrying `spike`."""
+    captured = {}
+    hook = model.model.layers[0].post_attention_layernorm.register_forward_hook(
+        lambda _m, _i, out: captured.setdefault("h", out[0, 0].detach().clone())
+    )
+    with torch.no_grad():
+        model(input_ids)
+    hook.remove()
+    h = captured["h"]
+    unit = h / h.norm()
+    # silu(g) * u with g = u = t gives ~t^2 for t >> 1; solve t*t*sigmoid(t) = product
+    t = math.sqrt(product)
+    for _ in range(50):
+        t = math.sqrt(product / (1 / (1 + math.exp(-t))))
+    mlp = model.model.layers[0].mlp
+    c, k = MASSIVE_CHANNEL, MASSIVE_DIM
+    with torch.no_grad():
+        mlp.gate_proj.weight[c] = unit * (t / h.norm())
+        mlp.up_proj.weight[c] = unit * (t / h.norm())
+        mlp.down_proj.weight[:, c] *= 0.1
+        mlp.down_proj.weight[k, c] = spike
+
+
+def first_nonfinite_module(model, input_ids):
+    """Runs the model and returns the first module (in execution order) whose output holds inf/NaN."""
+    found = []
+
+    def hook(name):
+        def fn(_m, _i, out):
+            t = out[0] if isinstance(out, tuple) else out
+            if torch.is_tensor(t) and not found and not torch.isfinite(t).all():
+                found.append((name, float(t[torch.isfinite(t)].abs().max()) if torch.isfinite(t).any() else None))
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    with torch.no_grad():
+        logits = model(input_ids).logits
+    for h in handles:
+        h.remove()
+    return (found[0] if found else (None, None)), bool(torch.isfinite(logits).all())
 
 
 def capture_hidden_states(model, input_ids):
@@ -109,6 +162,9 @@ def make(name, overrides, disk_dtype, shard, out_root: Path):
     non_trivial_init(model, gen)
     if cfg.tie_word_embeddings:
         model.tie_weights()
+    ids = torch.randint(0, cfg.vocab_size, (1, PROMPT_LEN), generator=gen)
+    if name in MASSIVE:
+        plant_massive_activation(model, ids, *MASSIVE[name])
     out = out_root / name
     if out.exists():
         shutil.rmtree(out)
@@ -118,7 +174,6 @@ def make(name, overrides, disk_dtype, shard, out_root: Path):
 
     # Goldens come from the model as reloaded from disk, computed in f32.
     ref = Qwen2ForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
-    ids = torch.randint(0, cfg.vocab_size, (1, PROMPT_LEN), generator=gen)
     logits, hidden = capture_hidden_states(ref, ids)
     with torch.no_grad():
         greedy = ref.generate(
@@ -135,11 +190,13 @@ def make(name, overrides, disk_dtype, shard, out_root: Path):
     new_ids = greedy.sequences[0, PROMPT_LEN:].tolist()
     margins = [float((s[0].topk(2).values[0] - s[0].topk(2).values[1])) for s in greedy.scores]
 
-    half_logits = {}
+    half_logits, first_inf = {}, {}
     for label, dt in (("bf16", torch.bfloat16), ("f16", torch.float16)):
         m = Qwen2ForCausalLM.from_pretrained(out, dtype=dt, attn_implementation="eager").eval()
         with torch.no_grad():
             half_logits[label] = m(ids).logits[0].float()
+        (module, peak), finite = first_nonfinite_module(m, ids)
+        first_inf[label] = {"first_nonfinite_module": module, "peak_finite_abs": peak, "logits_finite": finite}
 
     save_file(
         {
@@ -156,7 +213,9 @@ def make(name, overrides, disk_dtype, shard, out_root: Path):
         "greedy_min_top2_margin": min(margins),
         "disk_dtype": str(disk_dtype).replace("torch.", ""),
         "hf_bf16_max_abs_err": float((half_logits["bf16"] - logits).abs().max()),
-        "hf_f16_max_abs_err": float((half_logits["f16"] - logits).abs().max()),
+        "hf_f16_max_abs_err": float((half_logits["f16"] - logits).abs().nan_to_num(float("inf")).max()),
+        "hf_half_runs": first_inf,
+        "max_abs_hidden_state": float(hidden.abs().max()),
         "attention_mean_max_weight": attention_sharpness(ref, ids),
         "uniform_attention_mean_max_weight": sum(1 / (t + 1) for t in range(PROMPT_LEN)) / PROMPT_LEN,
         "transformers": __import__("transformers").__version__,
@@ -168,6 +227,7 @@ def make(name, overrides, disk_dtype, shard, out_root: Path):
         raise SystemExit(f"{name}: greedy top-2 margin {min(margins)} too small for an exact-ids test")
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"{name}: {size / 1e6:.2f} MB, greedy {new_ids[:6]}..., margin {min(margins):.3g}, "
+          f"peak |h| {facts['max_abs_hidden_state']:.3g}, HF f16 first inf {first_inf['f16']}, "
           f"attention sharpness {facts['attention_mean_max_weight']:.2f} "
           f"(uniform {facts['uniform_attention_mean_max_weight']:.2f})")
 

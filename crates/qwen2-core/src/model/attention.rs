@@ -96,7 +96,7 @@ impl<B: Backend> Attention<B> {
             .swap_dims(0, 1)
             .reshape([seq, h * d]);
         debug_assert_eq!(total, cache.len() + seq);
-        self.o_proj.forward(out, plan.matmul)
+        self.o_proj.forward(out, plan.residual_projection)
     }
 }
 

@@ -79,7 +79,9 @@ impl<B: Backend> DecoderLayer<B> {
             .post_attention_layernorm
             .forward(x.clone(), plan.norm, plan.matmul);
         observe(obs, Site::layer(i, Op::PostAttentionNorm), &h);
-        let mlp = self.mlp.forward(h, plan.matmul, i, obs);
+        let mlp = self
+            .mlp
+            .forward(h, plan.matmul, plan.residual_projection, i, obs);
         let x = x + mlp.cast(plan.residual);
         observe(obs, Site::layer(i, Op::LayerOutput), &x);
         x

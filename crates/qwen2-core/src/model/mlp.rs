@@ -48,11 +48,13 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    /// `x`: `[seq, hidden]` → `[seq, hidden]`, all in `compute` dtype.
+    /// `x`: `[seq, hidden]` → `[seq, hidden]`; gate/up in `compute` dtype, `down_proj` (inputs,
+    /// weight and output) in `output` dtype.
     pub fn forward(
         &self,
         x: Tensor<B, 2>,
         compute: FloatDType,
+        output: FloatDType,
         layer: usize,
         obs: &mut dyn Observer<B>,
     ) -> Tensor<B, 2> {
@@ -60,7 +62,7 @@ impl<B: Backend> Mlp<B> {
         observe(obs, Site::layer(layer, Op::MlpGate), &gate);
         let up = self.up_proj.forward(x, compute);
         observe(obs, Site::layer(layer, Op::MlpUp), &up);
-        let down = self.down_proj.forward(silu(gate) * up, compute);
+        let down = self.down_proj.forward(silu(gate) * up, output);
         observe(obs, Site::layer(layer, Op::MlpDown), &down);
         down
     }

@@ -13,8 +13,12 @@ use burn::tensor::FloatDType;
 pub struct PrecisionPlan {
     /// Storage of the weight matrices, embeddings and biases.
     pub weights: FloatDType,
-    /// Inputs and outputs of the projections (q/k/v/o, gate/up/down, lm_head) and of `probs @ v`.
+    /// Inputs and outputs of the projections (q/k/v, gate/up, lm_head) and of `probs @ v`.
     pub matmul: FloatDType,
+    /// Output of the projections that write into the residual stream (`o_proj`, `down_proj`).
+    /// When wider than `matmul`, those two run with their inputs and weights widened, so a
+    /// massive activation never exists in the narrow dtype (f16 storage, f32 accumulation and output).
+    pub residual_projection: FloatDType,
     /// The residual stream between layers (where massive activations live).
     pub residual: FloatDType,
     /// RMSNorm's mean of squares and normalisation.
@@ -38,6 +42,7 @@ impl PrecisionPlan {
         PrecisionPlan {
             weights: dtype,
             matmul: dtype,
+            residual_projection: dtype,
             residual: dtype,
             norm: dtype,
             attention_scores: dtype,
@@ -53,6 +58,7 @@ impl PrecisionPlan {
         for d in [
             self.weights,
             self.matmul,
+            self.residual_projection,
             self.residual,
             self.norm,
             self.attention_scores,
@@ -68,28 +74,74 @@ impl PrecisionPlan {
     }
 }
 
-/// The named policies a user can ask for with `--precision`.
+/// The named policies a user can ask for with `--precision` (`auto` is resolved by a backend's
+/// policy table into one of these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Policy {
     /// Everything f32.
     F32,
+    /// bf16 storage and compute; norms, softmax, RoPE and logits in f32 (as HF runs bf16).
+    Bf16,
+    /// The naive f16 plan HF runs with `dtype=torch.float16`: f16 storage, matmuls, residual
+    /// stream and attention scores; norms, softmax, RoPE and logits in f32. Reproduces the
+    /// field bug (overflow to inf in `mlp.down_proj` and the residual stream); kept for diagnosis.
+    F16,
+    /// f16 weights and matmuls; the residual stream, the projections writing into it, norms,
+    /// QK^T + softmax, RoPE and logits in f32.
+    F16Safe,
 }
 
 impl Policy {
-    /// All named policies.
-    pub const ALL: &'static [Policy] = &[Policy::F32];
+    /// All named policies, safest last.
+    pub const ALL: &'static [Policy] = &[Policy::F16, Policy::Bf16, Policy::F16Safe, Policy::F32];
 
     /// The policy's `--precision` name.
     pub fn name(self) -> &'static str {
         match self {
             Policy::F32 => "f32",
+            Policy::Bf16 => "bf16",
+            Policy::F16 => "f16",
+            Policy::F16Safe => "f16-safe",
         }
     }
 
     /// The plan the policy stands for.
     pub fn plan(self) -> PrecisionPlan {
+        use FloatDType::{BF16, F16, F32};
         match self {
             Policy::F32 => PrecisionPlan::F32,
+            Policy::Bf16 => PrecisionPlan {
+                norm: F32,
+                softmax: F32,
+                logits: F32,
+                ..PrecisionPlan::uniform(BF16)
+            },
+            Policy::F16 => PrecisionPlan {
+                norm: F32,
+                softmax: F32,
+                logits: F32,
+                ..PrecisionPlan::uniform(F16)
+            },
+            Policy::F16Safe => PrecisionPlan {
+                weights: F16,
+                matmul: F16,
+                residual_projection: F32,
+                residual: F32,
+                norm: F32,
+                attention_scores: F32,
+                softmax: F32,
+                kv_cache: F16,
+                logits: F32,
+            },
+        }
+    }
+
+    /// The next safer policy to fall back to when this one produced a non-finite value.
+    pub fn safer(self) -> Option<Policy> {
+        match self {
+            Policy::F16 => Some(Policy::F16Safe),
+            Policy::Bf16 | Policy::F16Safe => Some(Policy::F32),
+            Policy::F32 => None,
         }
     }
 }
