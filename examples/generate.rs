@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_new_tokens,
         sampling: Sampling::Greedy,
         eos_token_ids: model.config().eos_token_ids.clone(),
+        monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
     };
     let out = generate(&model, &ids, &opts, |id| print!("{id} "))?;
     println!("\n{:.1} decode tokens/s", out.decode_tokens_per_s());

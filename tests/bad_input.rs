@@ -309,6 +309,7 @@ fn prompt_longer_than_context_is_refused() {
         max_new_tokens: 10,
         sampling: Sampling::Greedy,
         eos_token_ids: vec![],
+        monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
     };
     let e = generate(&model, &vec![1u32; 250], &opts, |_| {}).unwrap_err();
     assert!(matches!(e, Error::ContextOverflow { .. }), "{e:?}");

@@ -77,6 +77,7 @@ fn greedy_ids_equal_hf_generate() {
             max_new_tokens: g.greedy_ids.len(),
             sampling: Sampling::Greedy,
             eos_token_ids: vec![],
+            monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
         };
         let mut streamed = Vec::new();
         let out = generate(&model, &g.prompt_ids, &opts, |id| streamed.push(id)).unwrap();
@@ -126,6 +127,7 @@ fn generation_stops_at_eos() {
         max_new_tokens: 16,
         sampling: Sampling::Greedy,
         eos_token_ids: vec![eos],
+        monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
     };
     let out = generate(&model, &g.prompt_ids, &opts, |_| {}).unwrap();
     let first = g.greedy_ids.iter().position(|&i| i == eos).unwrap();
@@ -146,6 +148,7 @@ fn seeded_sampling_is_reproducible() {
                 seed,
             },
             eos_token_ids: vec![],
+            monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
         };
         generate(&model, &g.prompt_ids, &opts, |_| {}).unwrap().ids
     };

@@ -28,6 +28,18 @@ pub enum Command {
     Logits(LogitsArgs),
     /// Generate token ids after a prompt of token ids (greedy by default).
     Generate(GenerateArgs),
+    /// Run every precision policy the device can run against f32: where each overflows, how far
+    /// its logits drift, and the per-layer peak activations against the f16/bf16 limits.
+    Diagnose(DiagnoseArgs),
+}
+
+/// What to do when a tensor goes non-finite (inf or NaN).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnNonFinite {
+    /// Stop with an error naming the first op that overflowed (exit code 3).
+    Error,
+    /// Re-run with the next safer plan of the backend's fallback chain and say so.
+    Fallback,
 }
 
 /// Options shared by every command that loads a model.
@@ -41,9 +53,19 @@ pub struct ModelArgs {
     #[arg(long, default_value = "auto", value_name = "cpu|auto")]
     pub backend: String,
 
-    /// Precision policy: which dtype each operation runs in.
-    #[arg(long, default_value = "auto", value_name = "f32|auto")]
+    /// Precision policy: which dtype each operation runs in. `auto` lets the backend's table
+    /// pick for the probed hardware; f16 is the naive plan that overflows on massive activations.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|f32|bf16|f16-safe|f16"
+    )]
     pub precision: String,
+
+    /// On inf/NaN: `error` (exit code 3) or `fallback` to a safer plan.
+    /// Default: fallback with --precision auto, error otherwise.
+    #[arg(long, value_enum)]
+    pub on_nonfinite: Option<OnNonFinite>,
 
     /// Prompt token ids, comma-separated (e.g. 9707,11,1879).
     #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
@@ -91,4 +113,28 @@ pub struct GenerateArgs {
     /// Print one JSON object (ids, prompt_tokens, generated_tokens, timings) instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `qwen2 diagnose`.
+#[derive(Args, Debug)]
+pub struct DiagnoseArgs {
+    /// Model directory (config.json and *.safetensors).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+
+    /// Compute backend: `auto` picks the best compiled-in backend with a device.
+    #[arg(long, default_value = "auto", value_name = "cpu|auto")]
+    pub backend: String,
+
+    /// Prompt token ids, comma-separated.
+    #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
+    pub ids: Vec<u32>,
+
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also draw per-layer peak |activation| per policy, with the f16 limit, to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub chart: Option<PathBuf>,
 }

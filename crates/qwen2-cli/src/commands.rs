@@ -3,12 +3,15 @@
 use std::error::Error;
 use std::time::Instant;
 
+use qwen2_burn::core::fallback::{run_with_fallback, Outcome};
 use qwen2_burn::core::generate::{generate, GenerateOptions, Sampling};
-use qwen2_burn::core::{LogitsFor, Platform, Policy, PrecisionPlan, Qwen2Model};
+use qwen2_burn::core::monitor::{forward_checked, MonitorMode};
+use qwen2_burn::core::precision::{Choice, Resolved};
+use qwen2_burn::core::{LogitsFor, Platform, Policy, Qwen2Model};
 
-use crate::args::{Cli, Command, GenerateArgs, LogitsArgs, ModelArgs};
+use crate::args::{Cli, Command, GenerateArgs, LogitsArgs, ModelArgs, OnNonFinite};
 
-type CliResult<T = ()> = Result<T, Box<dyn Error>>;
+pub type CliResult<T = ()> = Result<T, Box<dyn Error>>;
 
 /// Backends compiled into this binary, in `auto` preference order.
 const COMPILED_BACKENDS: &[&str] = &[
@@ -20,6 +23,7 @@ pub fn run(cli: Cli) -> CliResult {
     let backend = match &cli.command {
         Command::Logits(a) => a.model.backend.clone(),
         Command::Generate(a) => a.model.backend.clone(),
+        Command::Diagnose(a) => a.backend.clone(),
     };
     match backend.as_str() {
         #[cfg(feature = "cpu")]
@@ -36,62 +40,98 @@ fn run_on<P: Platform>(cli: Cli) -> CliResult {
     match cli.command {
         Command::Logits(a) => logits::<P>(a),
         Command::Generate(a) => generate_cmd::<P>(a),
+        Command::Diagnose(a) => crate::diagnose::diagnose_cmd::<P>(a),
     }
 }
 
-/// Resolves `--precision` for platform `P`.
-fn resolve_plan<P: Platform>(name: &str) -> CliResult<(Policy, PrecisionPlan)> {
-    let policy = if name == "auto" {
-        // The CPU runs everything in f32 until a benchmark shows a lower precision both faster
-        // and within tolerance.
-        Policy::F32
-    } else {
-        name.parse::<Policy>()?
-    };
-    tracing::info!(backend = P::NAME, %policy, requested = name, "precision plan");
-    Ok((policy, policy.plan()))
-}
-
-fn load<P: Platform>(args: &ModelArgs) -> CliResult<Qwen2Model<P::B>> {
-    let (_, plan) = resolve_plan::<P>(&args.precision)?;
-    let device = P::devices()
+/// The first device of `P`.
+pub fn device_of<P: Platform>() -> CliResult<burn::tensor::Device<P::B>> {
+    P::devices()
         .into_iter()
         .next()
-        .ok_or_else(|| format!("backend `{}` has no usable device on this machine", P::NAME))?;
-    tracing::info!(device = %P::describe(&device), model = %args.model.display(), "loading");
+        .ok_or_else(|| format!("backend `{}` has no usable device on this machine", P::NAME).into())
+}
+
+/// Resolves `--precision` through `P`'s policy table for the probed device.
+fn resolve<P: Platform>(
+    args: &ModelArgs,
+    device: &burn::tensor::Device<P::B>,
+) -> CliResult<(Resolved, bool)> {
+    let choice: Choice = args.precision.parse()?;
+    let hw = P::probe(device);
+    let resolved = P::policy_table().select(&hw, choice)?;
+    tracing::info!(hardware = %hw, policy = %resolved.policy, rule = ?resolved.rule, reason = %resolved.reason, "precision plan");
+    let fallback = match args.on_nonfinite {
+        Some(OnNonFinite::Fallback) => true,
+        Some(OnNonFinite::Error) => false,
+        None => resolved.auto,
+    };
+    Ok((resolved, fallback))
+}
+
+fn load<P: Platform>(
+    args: &ModelArgs,
+    policy: Policy,
+    device: &burn::tensor::Device<P::B>,
+) -> qwen2_burn::core::Result<Qwen2Model<P::B>> {
+    tracing::info!(backend = P::NAME, %policy, model = %args.model.display(), "loading");
     let start = Instant::now();
-    let model = Qwen2Model::<P::B>::load(&args.model, plan, &device)?;
+    let model = Qwen2Model::<P::B>::load(&args.model, policy.plan(), device)?;
     tracing::info!(seconds = start.elapsed().as_secs_f64(), "model loaded");
     Ok(model)
 }
 
+/// Tells the user about plans that overflowed before the one that worked.
+fn report_fallbacks<T>(outcome: &Outcome<T>) {
+    for failed in &outcome.failed {
+        eprintln!(
+            "warning: --precision {} produced non-finite values: {}",
+            failed.policy, failed.error
+        );
+    }
+    if !outcome.failed.is_empty() {
+        eprintln!("warning: fell back to --precision {}", outcome.policy);
+    }
+}
+
+fn fallback_json<T>(outcome: &Outcome<T>) -> serde_json::Value {
+    outcome
+        .failed
+        .iter()
+        .map(|f| serde_json::json!({"precision": f.policy.name(), "error": f.error.to_string()}))
+        .collect()
+}
+
 fn logits<P: Platform>(a: LogitsArgs) -> CliResult {
-    let model = load::<P>(&a.model)?;
+    let device = device_of::<P>()?;
+    let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
     let ids = &a.model.ids;
-    let mut cache = model.new_cache(ids.len());
     let which = if a.all_positions {
         LogitsFor::All
     } else {
         LogitsFor::Last
     };
-    let logits = model.forward(ids, &mut cache, which)?;
-    let [rows, vocab] = logits.dims();
-    let values = logits
-        .cast(burn::tensor::FloatDType::F32)
-        .into_data()
+    let outcome = run_with_fallback(&resolved, fallback, |policy| {
+        let model = load::<P>(&a.model, policy, &device)?;
+        let logits = forward_checked(&model, ids, which, MonitorMode::Cheap)?;
+        Ok(logits.cast(burn::tensor::FloatDType::F32).into_data())
+    })?;
+    report_fallbacks(&outcome);
+    let data = &outcome.value;
+    let values = data
         .to_vec::<f32>()
         .map_err(|e| format!("reading logits back: {e:?}"))?;
     let shape: Vec<usize> = if a.all_positions {
-        vec![rows, vocab]
+        data.shape.to_vec()
     } else {
-        vec![vocab]
+        vec![data.shape[1]]
     };
     crate::npy::write_f32(&a.out, &shape, &values)
         .map_err(|e| format!("cannot write {}: {e}", a.out.display()))?;
     eprintln!(
-        "wrote {} float32 logits {:?} to {}",
-        values.len(),
+        "wrote float32 logits {:?} ({} plan) to {}",
         shape,
+        outcome.policy,
         a.out.display()
     );
     Ok(())
@@ -101,7 +141,8 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
         return Err(format!("--temperature must be >= 0, got {}", a.temperature).into());
     }
-    let model = load::<P>(&a.model)?;
+    let device = device_of::<P>()?;
+    let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
     let sampling = if a.temperature == 0.0 {
         Sampling::Greedy
     } else {
@@ -110,21 +151,30 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
             seed: a.seed,
         }
     };
-    let opts = GenerateOptions {
-        max_new_tokens: a.max_new_tokens,
-        sampling,
-        eos_token_ids: a
-            .eos
-            .clone()
-            .unwrap_or_else(|| model.config().eos_token_ids.clone()),
-    };
-    let out = generate(&model, &a.model.ids, &opts, |id| {
-        if !a.json {
-            print!("{id} ");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-        }
+    let outcome = run_with_fallback(&resolved, fallback, |policy| {
+        let model = load::<P>(&a.model, policy, &device)?;
+        let opts = GenerateOptions {
+            max_new_tokens: a.max_new_tokens,
+            sampling,
+            eos_token_ids: a
+                .eos
+                .clone()
+                .unwrap_or_else(|| model.config().eos_token_ids.clone()),
+            monitor: Some(MonitorMode::Cheap),
+        };
+        // Stream only when no fallback can restart the output halfway.
+        let stream = !a.json && !(fallback && !resolved.fallbacks.is_empty());
+        generate(&model, &a.model.ids, &opts, |id| {
+            if stream {
+                use std::io::Write;
+                print!("{id} ");
+                let _ = std::io::stdout().flush();
+            }
+        })
+        .map(|g| (g, stream))
     })?;
+    report_fallbacks(&outcome);
+    let (out, streamed) = &outcome.value;
     if a.json {
         let json = serde_json::json!({
             "ids": out.ids,
@@ -136,15 +186,22 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
             "decode_seconds": out.decode_time.as_secs_f64(),
             "decode_tokens_per_s": out.decode_tokens_per_s(),
             "backend": P::NAME,
-            "precision": a.model.precision,
+            "precision": outcome.policy.name(),
+            "requested_precision": a.model.precision,
+            "fallbacks": fallback_json(&outcome),
         });
         println!("{json}");
     } else {
+        if !streamed {
+            let ids: Vec<String> = out.ids.iter().map(u32::to_string).collect();
+            print!("{}", ids.join(" "));
+        }
         println!();
         eprintln!(
-            "{} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s",
+            "{} prompt tokens, {} generated ({} plan); prefill {:.1} tok/s, decode {:.1} tok/s",
             out.prompt_tokens,
             out.ids.len(),
+            outcome.policy,
             out.prefill_tokens_per_s(),
             out.decode_tokens_per_s()
         );

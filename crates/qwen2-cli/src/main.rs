@@ -1,17 +1,22 @@
 //! `qwen2`: run Qwen2 / Qwen2.5 models from a Hugging Face model directory.
 
 mod args;
+mod chart;
 mod commands;
+mod diagnose;
 mod npy;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Exit code when a tensor went non-finite and no fallback was allowed.
+const EXIT_NONFINITE: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("QWEN2_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if cli.verbose { "info" } else { "warn" })
+        tracing_subscriber::EnvFilter::new(if cli.verbose { "info" } else { "error" })
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -26,7 +31,10 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {s}");
                 source = s.source();
             }
-            ExitCode::from(1)
+            let nonfinite = e
+                .downcast_ref::<qwen2_burn::core::Error>()
+                .is_some_and(qwen2_burn::core::fallback::is_nonfinite);
+            ExitCode::from(if nonfinite { EXIT_NONFINITE } else { 1 })
         }
     }
 }

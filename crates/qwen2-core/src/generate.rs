@@ -7,6 +7,8 @@ use burn::tensor::FloatDType;
 
 use crate::error::{Error, Result};
 use crate::model::{LogitsFor, Qwen2Model};
+use crate::monitor::{locate_nonfinite, MonitorMode, StabilityMonitor};
+use crate::observe::NoObserver;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,6 +33,22 @@ pub struct GenerateOptions {
     pub sampling: Sampling,
     /// Generation stops after emitting any of these ids.
     pub eos_token_ids: Vec<u32>,
+    /// Stability checks on every forward pass (`None`: only the sampler's non-finite check).
+    /// Whenever a non-finite value shows up, the sequence is re-run with a full monitor to name
+    /// the first op that overflowed.
+    pub monitor: Option<MonitorMode>,
+}
+
+impl GenerateOptions {
+    /// Greedy decoding of up to `max_new_tokens`, no eos, the cheap monitor on.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        GenerateOptions {
+            max_new_tokens,
+            sampling: Sampling::Greedy,
+            eos_token_ids: Vec::new(),
+            monitor: Some(MonitorMode::Cheap),
+        }
+    }
 }
 
 /// The outcome of a generation.
@@ -96,14 +114,39 @@ pub fn generate<B: Backend>(
     let start = Instant::now();
     let mut prefill_time = Duration::ZERO;
     let mut input: Vec<u32> = prompt.to_vec();
+    let mut monitor = opts.monitor.map(StabilityMonitor::<B>::new);
     for step in 0..opts.max_new_tokens {
-        let logits = model.forward(&input, &mut cache, LogitsFor::Last)?;
+        let logits = match monitor.as_mut() {
+            Some(m) => model.forward_observed(&input, &mut cache, LogitsFor::Last, m)?,
+            None => model.forward_observed(&input, &mut cache, LogitsFor::Last, &mut NoObserver)?,
+        };
         let logits = logits
             .cast(FloatDType::F32)
             .into_data()
             .to_vec::<f32>()
             .map_err(|e| Error::Invalid(format!("reading logits: {e:?}")))?;
-        let next = pick(&logits, opts.sampling, &mut rng, step)?;
+        let monitor_saw_nonfinite = monitor.as_mut().is_some_and(|m| {
+            let bad = m.first_nonfinite().is_some();
+            m.clear();
+            bad
+        });
+        let picked = if monitor_saw_nonfinite {
+            Err(Error::NonFiniteLogits {
+                step,
+                nan: 0,
+                inf: 0,
+            })
+        } else {
+            pick(&logits, opts.sampling, &mut rng, step)
+        };
+        let next = match picked {
+            Ok(id) => id,
+            Err(e @ Error::NonFiniteLogits { .. }) => {
+                let seen: Vec<u32> = prompt.iter().chain(&ids).copied().collect();
+                return Err(locate_nonfinite(model, &seen, step)?.unwrap_or(e));
+            }
+            Err(e) => return Err(e),
+        };
         if step == 0 {
             prefill_time = start.elapsed();
         }

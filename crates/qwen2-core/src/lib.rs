@@ -2,10 +2,13 @@
 //! graph over any burn backend, the KV cache, precision plans and greedy generation.
 
 pub mod config;
+pub mod diagnose;
 pub mod error;
+pub mod fallback;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
+pub mod monitor;
 pub mod observe;
 pub mod platform;
 pub mod precision;

@@ -1,11 +1,11 @@
 //! The one trait every backend crate implements.
 
-use burn::prelude::Backend;
+use crate::precision::{Hardware, PolicyTable};
 
 /// A compute backend qwen2-burn can run on (CPU, wgpu, CUDA, ...).
 pub trait Platform {
     /// The burn backend.
-    type B: Backend;
+    type B: burn::prelude::Backend;
 
     /// The `--backend` name.
     const NAME: &'static str;
@@ -13,6 +13,9 @@ pub trait Platform {
     /// The devices this backend can run on, on this machine, best first. Empty when none.
     fn devices() -> Vec<burn::tensor::Device<Self::B>>;
 
-    /// A one-line description of `device` for logs and `doctor`.
-    fn describe(device: &burn::tensor::Device<Self::B>) -> String;
+    /// What the device is and what it can compute.
+    fn probe(device: &burn::tensor::Device<Self::B>) -> Hardware;
+
+    /// The rules that resolve `--precision auto` on this backend.
+    fn policy_table() -> &'static PolicyTable;
 }

@@ -1,10 +1,26 @@
 //! The CPU backend of qwen2-burn: burn-flex (f32, f16 and bf16; SIMD; multi-threaded with rayon).
 
 use burn_flex::{Flex, FlexDevice};
+use qwen2_core::precision::{DeviceKind, Hardware, Policy, PolicyTable, Rule};
 use qwen2_core::Platform;
+
+pub use burn_flex::{Flex as Backend, FlexDevice as Device};
 
 /// The CPU platform.
 pub struct Cpu;
+
+/// The CPU rules. burn-flex computes f16 and bf16 by converting to f32, so lower precision saves
+/// memory but not time, and costs accuracy: f32 until a benchmark shows otherwise.
+pub static CPU_POLICY_TABLE: PolicyTable = PolicyTable {
+    backend: "cpu",
+    rules: &[Rule {
+        name: "cpu-f32",
+        applies: |hw| hw.kind == DeviceKind::Cpu,
+        policy: Policy::F32,
+        reason: "CPU: burn-flex computes f16/bf16 by converting to f32, so f32 is the fastest and exact plan \
+                 (no benchmark yet shows a lower-precision plan both faster and within tolerance here)",
+    }],
+};
 
 impl Platform for Cpu {
     type B = Flex;
@@ -14,13 +30,109 @@ impl Platform for Cpu {
         vec![FlexDevice]
     }
 
-    fn describe(_device: &FlexDevice) -> String {
+    fn probe(_device: &FlexDevice) -> Hardware {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        format!(
-            "CPU ({threads} threads, burn-flex, {})",
-            std::env::consts::ARCH
-        )
+        Hardware {
+            backend: Self::NAME,
+            name: format!("{} CPU, {threads} threads", std::env::consts::ARCH),
+            kind: DeviceKind::Cpu,
+            supports_f16: true,
+            supports_bf16: true,
+            compute_capability: None,
+            features: cpu_features(),
+        }
+    }
+
+    fn policy_table() -> &'static PolicyTable {
+        &CPU_POLICY_TABLE
     }
 }
 
-pub use burn_flex::{Flex as Backend, FlexDevice as Device};
+/// Instruction-set features relevant to matmul speed in low precision.
+pub fn cpu_features() -> Vec<String> {
+    #[allow(unused_mut)]
+    let mut out: Vec<&str> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            out.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            out.push("fma");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            out.push("avx512f");
+        }
+        if std::arch::is_x86_feature_detected!("avx512bf16") {
+            out.push("avx512bf16");
+        }
+        if std::arch::is_x86_feature_detected!("avx512fp16") {
+            out.push("avx512fp16");
+        }
+        if std::arch::is_x86_feature_detected!("f16c") {
+            out.push("f16c");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("fp16") {
+            out.push("fp16");
+        }
+        if std::arch::is_aarch64_feature_detected!("bf16") {
+            out.push("bf16");
+        }
+    }
+    out.into_iter().map(String::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qwen2_core::precision::Choice;
+
+    fn cpu(features: &[&str]) -> Hardware {
+        Hardware {
+            backend: "cpu",
+            name: "test CPU".into(),
+            kind: DeviceKind::Cpu,
+            supports_f16: true,
+            supports_bf16: true,
+            compute_capability: None,
+            features: features.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn auto_is_f32_with_and_without_avx512_bf16() {
+        for hw in [cpu(&["avx2"]), cpu(&["avx2", "avx512f", "avx512bf16"])] {
+            let r = CPU_POLICY_TABLE.select(&hw, Choice::Auto).unwrap();
+            assert_eq!(r.policy, Policy::F32);
+            assert_eq!(r.rule, Some("cpu-f32"));
+            assert!(r.fallbacks.is_empty());
+            assert!(r.auto);
+        }
+    }
+
+    #[test]
+    fn fixed_policies_run_and_fall_back_towards_f32() {
+        let hw = cpu(&[]);
+        let r = CPU_POLICY_TABLE
+            .select(&hw, Choice::Fixed(Policy::F16))
+            .unwrap();
+        assert_eq!(r.fallbacks, vec![Policy::F16Safe, Policy::F32]);
+        assert!(!r.auto && r.rule.is_none());
+        let r = CPU_POLICY_TABLE
+            .select(&hw, Choice::Fixed(Policy::Bf16))
+            .unwrap();
+        assert_eq!(r.fallbacks, vec![Policy::F32]);
+    }
+
+    #[test]
+    fn probe_reports_a_cpu_that_runs_every_policy() {
+        let hw = Cpu::probe(&FlexDevice);
+        assert_eq!(hw.kind, DeviceKind::Cpu);
+        for p in Policy::ALL {
+            assert!(qwen2_core::precision::can_run(&hw, *p).is_ok(), "{p}");
+        }
+    }
+}

@@ -1,5 +1,10 @@
-//! Precision plans: which dtype holds each role of the graph, and the named policies.
+//! Precision plans: which dtype holds each role of the graph, the named policies, and the
+//! hardware-keyed tables that resolve `auto`.
 
+mod hardware;
 mod plan;
+mod table;
 
+pub use hardware::{DeviceKind, Hardware};
 pub use plan::{Policy, PrecisionPlan};
+pub use table::{can_run, Choice, PolicyTable, Resolved, Rule};
