@@ -10,7 +10,24 @@ use qwen2_burn::cpu::Cpu;
 pub type B = <Cpu as Platform>::B;
 
 /// Every fixture made by scripts/make_fixtures.py.
-pub const FIXTURES: &[&str] = &["tied-f32-gqa", "untied-bf16-mqa", "sharded-f16", "yarn-f32"];
+pub const FIXTURES: &[&str] = &[
+    "tied-f32-gqa",
+    "untied-bf16-mqa",
+    "sharded-f16",
+    "yarn-f32",
+    "massive-1e5",
+    "massive-2e4",
+];
+
+/// The fixtures without planted massive activations.
+pub const NORMAL_FIXTURES: &[&str] =
+    &["tied-f32-gqa", "untied-bf16-mqa", "sharded-f16", "yarn-f32"];
+
+/// `goldens.json` of a fixture.
+pub fn facts(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture_dir(name).join("goldens.json")).unwrap())
+        .unwrap()
+}
 
 pub fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -20,6 +37,8 @@ pub fn fixture_dir(name: &str) -> PathBuf {
 
 /// HF goldens of one fixture.
 pub struct Goldens {
+    /// HF's own bf16 run, `[P, V]`.
+    pub logits_all_bf16: Vec<f32>,
     pub prompt_ids: Vec<u32>,
     pub greedy_ids: Vec<u32>,
     /// `[P, V]`, row-major.
@@ -56,6 +75,7 @@ pub fn goldens(name: &str) -> Goldens {
     let (logits_all, lshape) = f32s("logits_all");
     let (hidden_states, hidden_shape) = f32s("hidden_states");
     Goldens {
+        logits_all_bf16: f32s("logits_all_bf16").0,
         prompt_ids: ids("prompt_ids"),
         greedy_ids: ids("greedy_ids"),
         logits_all,

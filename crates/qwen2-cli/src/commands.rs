@@ -163,7 +163,7 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
             monitor: Some(MonitorMode::Cheap),
         };
         // Stream only when no fallback can restart the output halfway.
-        let stream = !a.json && !(fallback && !resolved.fallbacks.is_empty());
+        let stream = !a.json && (!fallback || resolved.fallbacks.is_empty());
         generate(&model, &a.model.ids, &opts, |id| {
             if stream {
                 use std::io::Write;

@@ -306,3 +306,153 @@ fn help_names_the_contract_flags() {
         assert!(help.contains(flag), "generate --help lacks {flag}");
     }
 }
+
+#[test]
+fn naive_f16_on_massive_activations_exits_3_naming_down_proj() {
+    let ids = csv(&ids_of(&facts("massive-1e5")["prompt_ids"]));
+    let model = fixture("massive-1e5");
+    let out = qwen2(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--ids",
+        &ids,
+        "--precision",
+        "f16",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("model.layers.0.mlp.down_proj") && stderr.contains("f16"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.iter().all(|b| b.is_ascii_whitespace()),
+        "no token printed"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let npy = tmp.path().join("l.npy");
+    let out = qwen2(&[
+        "logits",
+        "--model",
+        model.to_str().unwrap(),
+        "--ids",
+        &ids,
+        "--precision",
+        "f16",
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!npy.exists(), "no garbage logits written");
+}
+
+#[test]
+fn fallback_reports_the_plan_it_used() {
+    let f = facts("massive-1e5");
+    let ids = csv(&ids_of(&f["prompt_ids"]));
+    let greedy = ids_of(&f["greedy_ids"]);
+    let out = qwen2(&[
+        "generate",
+        "--model",
+        fixture("massive-1e5").to_str().unwrap(),
+        "--ids",
+        &ids,
+        "--precision",
+        "f16",
+        "--on-nonfinite",
+        "fallback",
+        "--max-new-tokens",
+        &greedy.len().to_string(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["precision"], "f16-safe");
+    assert_eq!(v["requested_precision"], "f16");
+    assert_eq!(v["fallbacks"][0]["precision"], "f16");
+    assert!(v["fallbacks"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("model.layers.0.mlp.down_proj"));
+    assert_eq!(ids_of(&v["ids"]), greedy);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fell back to --precision f16-safe"));
+
+    let out = qwen2(&[
+        "generate",
+        "--model",
+        fixture("massive-1e5").to_str().unwrap(),
+        "--ids",
+        &ids,
+        "--precision",
+        "auto",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["precision"], "f32", "the CPU table picks f32");
+}
+
+#[test]
+fn diagnose_reports_every_policy_and_draws_the_chart() {
+    let ids = csv(&ids_of(&facts("massive-1e5")["prompt_ids"]));
+    let tmp = tempfile::tempdir().unwrap();
+    let svg = tmp.path().join("peaks.svg");
+    let out = qwen2(&[
+        "diagnose",
+        "--model",
+        fixture("massive-1e5").to_str().unwrap(),
+        "--ids",
+        &ids,
+        "--json",
+        "--chart",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    let run = |p: &str| runs.iter().find(|r| r["precision"] == p).unwrap().clone();
+    assert_eq!(runs.len(), 4);
+    assert_eq!(run("f32")["finite"], true);
+    assert_eq!(run("f16")["finite"], false);
+    assert_eq!(
+        run("f16")["first_nonfinite"]["site"],
+        "model.layers.0.mlp.down_proj"
+    );
+    for p in ["bf16", "f16-safe"] {
+        assert_eq!(run(p)["finite"], true);
+        assert_eq!(run(p)["top1_agreement"], 1.0, "{p}");
+        assert!(run(p)["kl_divergence"].as_f64().unwrap() < 1e-3, "{p}");
+        assert!(run(p)["max_abs_dlogits"].as_f64().unwrap() < 0.5, "{p}");
+    }
+    let peaks = run("f32")["layer_peaks"].as_array().unwrap().clone();
+    assert!(peaks[0].as_f64().unwrap() > 65504.0);
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        chart.starts_with("<svg")
+            && chart.contains("f16 max 65504")
+            && chart.contains("f16 (non-finite)")
+    );
+
+    let out = qwen2(&[
+        "diagnose",
+        "--model",
+        fixture("massive-2e4").to_str().unwrap(),
+        "--ids",
+        &ids,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("its square does not"), "{text}");
+}

@@ -132,28 +132,9 @@ pub enum Error {
         inf: usize,
     },
 
-    /// A tensor went non-finite (inf or NaN) inside the forward pass. `site` is the first op, in
-    /// execution order, whose output held a non-finite value.
-    #[error("non-finite values at {site} (layer {layer}, held in {dtype}: {nan} NaN, {inf} inf) at generation step {step}; \
-             largest finite |x| before it: {peak_before:.4e} at {peak_site}; try a safer --precision (f16-safe or f32) or --on-nonfinite fallback")]
-    NonFinite {
-        /// HF module path of the first non-finite op, e.g. `model.layers.0.mlp.down_proj`.
-        site: String,
-        /// Its decoder layer (`-` outside the layers).
-        layer: String,
-        /// The dtype that held its output.
-        dtype: String,
-        /// NaN count in that output.
-        nan: usize,
-        /// inf count in that output.
-        inf: usize,
-        /// Largest finite |x| observed before it.
-        peak_before: f32,
-        /// Where that peak was observed.
-        peak_site: String,
-        /// 0 is the prefill, 1.. the decode steps.
-        step: usize,
-    },
+    /// A tensor went non-finite (inf or NaN) inside the forward pass.
+    #[error("{0}")]
+    NonFinite(Box<NonFiniteReport>),
 
     /// A plan or option that cannot run on the chosen device.
     #[error("{0}")]
@@ -168,4 +149,31 @@ impl Error {
             source,
         }
     }
+}
+
+/// Where a forward pass first went non-finite: the first op, in execution order, whose output
+/// held an inf or NaN.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "non-finite values at {site} (layer {layer}, held in {dtype}: {nan} NaN, {inf} inf) at generation step {step}; \
+     largest finite |x| before it: {peak_before:.4e} at {peak_site}; \
+     try a safer --precision (f16-safe or f32) or --on-nonfinite fallback"
+)]
+pub struct NonFiniteReport {
+    /// HF module path of the first non-finite op, e.g. `model.layers.0.mlp.down_proj`.
+    pub site: String,
+    /// Its decoder layer (`-` outside the layers).
+    pub layer: String,
+    /// The dtype that held its output.
+    pub dtype: String,
+    /// NaN count in that output.
+    pub nan: usize,
+    /// inf count in that output.
+    pub inf: usize,
+    /// Largest finite |x| observed before it.
+    pub peak_before: f32,
+    /// Where that peak was observed.
+    pub peak_site: String,
+    /// 0 is the prefill, 1.. the decode steps.
+    pub step: usize,
 }

@@ -25,7 +25,7 @@ pub struct Outcome<T> {
 
 /// Whether an error means "this plan overflowed" (as opposed to bad input or I/O).
 pub fn is_nonfinite(e: &Error) -> bool {
-    matches!(e, Error::NonFinite { .. } | Error::NonFiniteLogits { .. })
+    matches!(e, Error::NonFinite(_) | Error::NonFiniteLogits { .. })
 }
 
 /// Runs `run` with `resolved.policy`; when it fails with a non-finite error and `fallback` is

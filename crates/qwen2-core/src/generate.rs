@@ -185,7 +185,7 @@ pub fn pick(logits: &[f32], sampling: Sampling, rng: &mut SplitMix64, step: usiz
     Ok(match sampling {
         Sampling::Greedy => argmax(logits),
         Sampling::Temperature { temperature, .. } => {
-            if !(temperature > 0.0) {
+            if temperature.is_nan() || temperature <= 0.0 {
                 return Err(Error::Invalid(format!(
                     "temperature must be > 0, got {temperature}"
                 )));

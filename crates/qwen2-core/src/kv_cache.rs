@@ -58,6 +58,13 @@ impl<B: Backend> KvCache<B> {
         self.capacity
     }
 
+    /// The dtype keys and values are stored in.
+    pub fn dtype(&self) -> burn::tensor::DType {
+        self.layers
+            .first()
+            .map_or(burn::tensor::DType::F32, |l| l.keys.dtype())
+    }
+
     /// Forgets every cached position (the memory is kept).
     pub fn reset(&mut self) {
         self.len = 0;

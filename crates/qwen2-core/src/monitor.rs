@@ -173,16 +173,18 @@ pub fn locate_nonfinite<B: Backend>(
     let (peak_before, peak_site) =
         before.map_or((0.0, "-".to_string()), |b| (b.peak_abs, b.site.to_string()));
     tracing::warn!(site = %bad.site, dtype = ?bad.dtype, nan = bad.nan, inf = bad.inf, "first non-finite op");
-    Ok(Some(crate::Error::NonFinite {
-        site: bad.site.to_string(),
-        layer: bad.site.layer.map_or("-".into(), |l| l.to_string()),
-        dtype: format!("{:?}", bad.dtype).to_lowercase(),
-        nan: bad.nan,
-        inf: bad.inf,
-        peak_before,
-        peak_site,
-        step,
-    }))
+    Ok(Some(crate::Error::NonFinite(Box::new(
+        crate::error::NonFiniteReport {
+            site: bad.site.to_string(),
+            layer: bad.site.layer.map_or("-".into(), |l| l.to_string()),
+            dtype: format!("{:?}", bad.dtype).to_lowercase(),
+            nan: bad.nan,
+            inf: bad.inf,
+            peak_before,
+            peak_site,
+            step,
+        },
+    ))))
 }
 
 /// A forward pass that refuses to return non-finite logits: watched by a monitor in `mode`, and
