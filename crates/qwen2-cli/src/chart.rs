@@ -11,7 +11,8 @@ const BOTTOM: f32 = 50.0;
 const COLORS: &[&str] = &["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"];
 const F16_MAX: f32 = 65504.0;
 
-/// Per-layer peak |x| (log scale) for each policy that ran, and a dashed line at f16's max.
+/// Per-layer peak finite |x| (log scale) for each policy that ran, a dashed line at f16's max,
+/// and a × above each layer where a policy went non-finite.
 pub fn layer_peaks_svg(d: &Diagnosis) -> String {
     let runs: Vec<_> = d
         .runs
@@ -61,8 +62,8 @@ pub fn layer_peaks_svg(d: &Diagnosis) -> String {
         "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{fy}\" y2=\"{fy}\" stroke=\"black\" stroke-dasharray=\"6 4\"/>\
          <text x=\"{}\" y=\"{}\">f16 max 65504</text>\n",
         W - RIGHT,
-        W - RIGHT + 6.0,
-        fy + 4.0
+        LEFT + 4.0,
+        fy - 5.0
     );
     for (i, r) in runs.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
@@ -83,10 +84,23 @@ pub fn layer_peaks_svg(d: &Diagnosis) -> String {
                 y(*p)
             );
         }
+        let nonfinite_layers = r
+            .layer_nonfinite
+            .iter()
+            .enumerate()
+            .filter(|(_, bad)| **bad);
+        for (l, _) in nonfinite_layers {
+            let (cx, cy) = (x(l), TOP + 8.0 + 10.0 * i as f32);
+            s +=
+                &format!(
+                "<path d=\"M{} {} L{} {} M{} {} L{} {}\" stroke=\"{color}\" stroke-width=\"2\"/>\n",
+                cx - 4.0, cy - 4.0, cx + 4.0, cy + 4.0, cx - 4.0, cy + 4.0, cx + 4.0, cy - 4.0
+            );
+        }
         let label = format!(
             "{}{}",
             r.policy.name(),
-            if r.finite { "" } else { " (non-finite)" }
+            if r.finite { "" } else { " (non-finite: ×)" }
         );
         let ly = TOP + 30.0 + 18.0 * i as f32;
         s += &format!(

@@ -443,7 +443,7 @@ fn diagnose_reports_every_policy_and_draws_the_chart() {
     assert!(
         chart.starts_with("<svg")
             && chart.contains("f16 max 65504")
-            && chart.contains("f16 (non-finite)")
+            && chart.contains("f16 (non-finite")
     );
 
     let out = qwen2(&[

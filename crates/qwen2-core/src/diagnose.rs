@@ -45,6 +45,8 @@ pub struct PolicyRun {
     pub kl_divergence: Option<f64>,
     /// Largest finite |x| per decoder layer over all its ops.
     pub layer_peaks: Vec<f32>,
+    /// Whether any op of each decoder layer held a NaN or inf.
+    pub layer_nonfinite: Vec<bool>,
 }
 
 /// Every policy against f32.
@@ -78,7 +80,14 @@ fn measure<B: Backend>(
         .into_data()
         .to_vec::<f32>()
         .expect("f32");
-    let layer_peaks = monitor.layer_peaks(model.config().num_hidden_layers);
+    let layers = model.config().num_hidden_layers;
+    let layer_peaks = monitor.layer_peaks(layers);
+    let mut layer_nonfinite = vec![false; layers];
+    for st in monitor.stats().iter().filter(|st| !st.is_finite()) {
+        if let Some(l) = st.site.layer.filter(|l| *l < layers) {
+            layer_nonfinite[l] = true;
+        }
+    }
     let first = monitor.first_nonfinite().map(|bad| {
         let index = monitor.stats().iter().position(|s| *s == bad).unwrap_or(0);
         FirstNonFinite {
@@ -101,6 +110,7 @@ fn measure<B: Backend>(
             top1_agreement: None,
             kl_divergence: None,
             layer_peaks,
+            layer_nonfinite,
         },
     })
 }
@@ -127,6 +137,7 @@ pub fn diagnose<B: Backend>(
                 top1_agreement: None,
                 kl_divergence: None,
                 layer_peaks: Vec::new(),
+                layer_nonfinite: Vec::new(),
             });
             continue;
         }
