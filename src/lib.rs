@@ -16,3 +16,11 @@ pub use qwen2_core as core;
 /// The CPU backend (feature `cpu`, on by default).
 #[cfg(feature = "cpu")]
 pub use qwen2_cpu as cpu;
+
+/// The wgpu backend (feature `wgpu`): Vulkan, Metal, DX12, WebGPU.
+#[cfg(feature = "wgpu")]
+pub use qwen2_wgpu as wgpu;
+
+/// The CUDA backend (feature `cuda`): the driver is loaded at run time.
+#[cfg(feature = "cuda")]
+pub use qwen2_cuda as cuda;

@@ -31,6 +31,17 @@ pub enum Command {
     /// Run every precision policy the device can run against f32: where each overflows, how far
     /// its logits drift, and the per-layer peak activations against the f16/bf16 limits.
     Diagnose(DiagnoseArgs),
+    /// List the compiled backends, their devices, what the hardware probe found, and the
+    /// precision plan `--precision auto` picks there, with the rule and reason.
+    Doctor(DoctorArgs),
+}
+
+/// `qwen2 doctor`.
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What to do when a tensor goes non-finite (inf or NaN).
@@ -49,8 +60,8 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
 
-    /// Compute backend: `auto` picks the best compiled-in backend with a device.
-    #[arg(long, default_value = "auto", value_name = "cpu|auto")]
+    /// Compute backend among those compiled in; `auto` picks CUDA if it has a device, then a hardware wgpu adapter, then the CPU.
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|wgpu|cuda")]
     pub backend: String,
 
     /// Precision policy: which dtype each operation runs in. `auto` lets the backend's table
@@ -122,8 +133,8 @@ pub struct DiagnoseArgs {
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
 
-    /// Compute backend: `auto` picks the best compiled-in backend with a device.
-    #[arg(long, default_value = "auto", value_name = "cpu|auto")]
+    /// Compute backend among those compiled in; `auto` picks CUDA if it has a device, then a hardware wgpu adapter, then the CPU.
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|wgpu|cuda")]
     pub backend: String,
 
     /// Prompt token ids, comma-separated.

@@ -15,19 +15,34 @@ pub type CliResult<T = ()> = Result<T, Box<dyn Error>>;
 
 /// Backends compiled into this binary, in `auto` preference order.
 const COMPILED_BACKENDS: &[&str] = &[
+    #[cfg(feature = "cuda")]
+    "cuda",
+    #[cfg(feature = "wgpu")]
+    "wgpu",
     #[cfg(feature = "cpu")]
     "cpu",
 ];
 
 pub fn run(cli: Cli) -> CliResult {
-    let backend = match &cli.command {
+    let requested = match &cli.command {
         Command::Logits(a) => a.model.backend.clone(),
         Command::Generate(a) => a.model.backend.clone(),
         Command::Diagnose(a) => a.backend.clone(),
+        Command::Doctor(a) => return doctor(a.json),
     };
+    let backend = if requested == "auto" {
+        auto_backend()?
+    } else {
+        requested
+    };
+    tracing::info!(%backend, "backend");
     match backend.as_str() {
         #[cfg(feature = "cpu")]
-        "cpu" | "auto" => run_on::<qwen2_burn::cpu::Cpu>(cli),
+        "cpu" => run_on::<qwen2_burn::cpu::Cpu>(cli),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => run_on::<qwen2_burn::wgpu::Wgpu>(cli),
+        #[cfg(feature = "cuda")]
+        "cuda" => run_on::<qwen2_burn::cuda::Cuda>(cli),
         other => Err(format!(
             "unknown or not compiled-in backend `{other}`; this binary has: {} (and auto)",
             COMPILED_BACKENDS.join(", ")
@@ -36,11 +51,46 @@ pub fn run(cli: Cli) -> CliResult {
     }
 }
 
+/// `auto`: CUDA with a device, else a hardware (not software) wgpu adapter, else the CPU.
+fn auto_backend() -> CliResult<String> {
+    #[cfg(feature = "cuda")]
+    if !qwen2_burn::cuda::Cuda::devices().is_empty() {
+        return Ok("cuda".into());
+    }
+    #[cfg(feature = "wgpu")]
+    if qwen2_burn::wgpu::adapters()
+        .iter()
+        .any(|a| !qwen2_burn::wgpu::is_software(&a.info))
+    {
+        return Ok("wgpu".into());
+    }
+    #[cfg(feature = "cpu")]
+    return Ok("cpu".into());
+    #[allow(unreachable_code)]
+    COMPILED_BACKENDS
+        .first()
+        .map(|b| b.to_string())
+        .ok_or_else(|| "no backend compiled in".into())
+}
+
+fn doctor(json: bool) -> CliResult {
+    #[allow(unused_mut)]
+    let mut reports: Vec<serde_json::Value> = Vec::new();
+    #[cfg(feature = "cpu")]
+    reports.push(crate::doctor::backend_report::<qwen2_burn::cpu::Cpu>());
+    #[cfg(feature = "wgpu")]
+    reports.push(crate::doctor::backend_report::<qwen2_burn::wgpu::Wgpu>());
+    #[cfg(feature = "cuda")]
+    reports.push(crate::doctor::backend_report::<qwen2_burn::cuda::Cuda>());
+    crate::doctor::print(&reports, json)
+}
+
 fn run_on<P: Platform>(cli: Cli) -> CliResult {
     match cli.command {
         Command::Logits(a) => logits::<P>(a),
         Command::Generate(a) => generate_cmd::<P>(a),
         Command::Diagnose(a) => crate::diagnose::diagnose_cmd::<P>(a),
+        Command::Doctor(a) => doctor(a.json),
     }
 }
 
@@ -49,7 +99,18 @@ pub fn device_of<P: Platform>() -> CliResult<burn::tensor::Device<P::B>> {
     P::devices()
         .into_iter()
         .next()
-        .ok_or_else(|| format!("backend `{}` has no usable device on this machine", P::NAME).into())
+        .ok_or_else(|| {
+            format!(
+                "backend `{}` has no usable device on this machine{}",
+                P::NAME,
+                match P::NAME {
+                    "wgpu" => " (no Vulkan/Metal/DX12 adapter; on Linux without a GPU, install Mesa's software Vulkan driver: apt-get install mesa-vulkan-drivers)",
+                    "cuda" => " (no NVIDIA driver or GPU found)",
+                    _ => "",
+                }
+            )
+            .into()
+        })
 }
 
 /// Resolves `--precision` through `P`'s policy table for the probed device.

@@ -4,6 +4,7 @@ mod args;
 mod chart;
 mod commands;
 mod diagnose;
+mod doctor;
 mod npy;
 
 use std::process::ExitCode;

@@ -1,0 +1,106 @@
+//! `qwen2 doctor`: every compiled backend, its devices, what the probe saw, and the plan `auto`
+//! picks with the rule and reason behind it.
+
+use qwen2_burn::core::precision::{can_run, Choice};
+use qwen2_burn::core::{Platform, Policy};
+
+use crate::commands::CliResult;
+
+/// The report of one backend.
+pub fn backend_report<P: Platform>() -> serde_json::Value {
+    let devices = P::devices();
+    let table = P::policy_table();
+    let devices: Vec<serde_json::Value> = devices
+        .iter()
+        .map(|d| {
+            let hw = P::probe(d);
+            let auto = table.select(&hw, Choice::Auto);
+            let policies: serde_json::Map<String, serde_json::Value> = Policy::ALL
+                .iter()
+                .map(|p| {
+                    let v = match can_run(&hw, *p) {
+                        Ok(()) => serde_json::Value::from("runs"),
+                        Err(why) => serde_json::Value::from(format!("refused: {why}")),
+                    };
+                    (p.name().to_string(), v)
+                })
+                .collect();
+            serde_json::json!({
+                "device": format!("{d:?}"),
+                "hardware": hw.to_string(),
+                "kind": format!("{:?}", hw.kind),
+                "compute_capability": hw.compute_capability.map(|(a, b)| format!("{a}.{b}")),
+                "features": hw.features,
+                "auto": match auto {
+                    Ok(r) => serde_json::json!({
+                        "precision": r.policy.name(),
+                        "rule": r.rule,
+                        "reason": r.reason,
+                        "fallbacks": r.fallbacks.iter().map(|p| p.name()).collect::<Vec<_>>(),
+                    }),
+                    Err(e) => serde_json::json!({"error": e.to_string()}),
+                },
+                "policies": policies,
+            })
+        })
+        .collect();
+    serde_json::json!({"backend": P::NAME, "devices": devices})
+}
+
+pub fn print(reports: &[serde_json::Value], json: bool) -> CliResult {
+    if json {
+        println!("{}", serde_json::json!({"backends": reports}));
+        return Ok(());
+    }
+    for r in reports {
+        println!("backend {}", r["backend"].as_str().unwrap_or("?"));
+        let devices = r["devices"].as_array().cloned().unwrap_or_default();
+        if devices.is_empty() {
+            println!("  no device on this machine");
+        }
+        for d in devices {
+            println!(
+                "  device {}: {}",
+                d["device"].as_str().unwrap_or("?"),
+                d["hardware"].as_str().unwrap_or("?")
+            );
+            let auto = &d["auto"];
+            match auto["precision"].as_str() {
+                Some(p) => {
+                    println!(
+                        "    auto -> {p} (rule {})",
+                        auto["rule"].as_str().unwrap_or("-")
+                    );
+                    println!("    why: {}", auto["reason"].as_str().unwrap_or(""));
+                    let fallbacks: Vec<&str> = auto["fallbacks"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str())
+                        .collect();
+                    println!(
+                        "    on inf/NaN falls back to: {}",
+                        if fallbacks.is_empty() {
+                            "nothing (already the safest)".into()
+                        } else {
+                            fallbacks.join(" -> ")
+                        }
+                    );
+                }
+                None => println!(
+                    "    auto -> error: {}",
+                    auto["error"].as_str().unwrap_or("?")
+                ),
+            }
+            if let Some(p) = d["policies"].as_object() {
+                for (name, verdict) in p {
+                    println!(
+                        "    --precision {name:<8} {}",
+                        verdict.as_str().unwrap_or("?")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
