@@ -2,9 +2,14 @@
 //!
 //!   fixtures [--only NAME...]   regenerate tests/fixtures with HF transformers (needs Python with
 //!                               torch, transformers, safetensors, numpy)
+//!   gpu-check [--out FILE]      on a machine with an NVIDIA GPU: build with cuda+wgpu, print
+//!                               `doctor`, run the conformance suite on CUDA for every policy,
+//!                               a short decode benchmark per policy; report to FILE
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+
+mod gpu_check;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -14,7 +19,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
-         fixtures [--only NAME...]  rebuild tests/fixtures with HF transformers (scripts/make_fixtures.py)\n\n\
+         fixtures [--only NAME...]  rebuild tests/fixtures with HF transformers (scripts/make_fixtures.py)\n  \
+         gpu-check [--out FILE]     CUDA doctor + conformance + short benchmark (default report: gpu-check-report.md)\n\n\
          fixtures needs: pip install torch transformers safetensors numpy"
     );
     ExitCode::from(2)
@@ -42,6 +48,14 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Some("gpu-check") => {
+            let out = match args.get(1).map(String::as_str) {
+                Some("--out") => args.get(2).map(PathBuf::from),
+                _ => None,
+            }
+            .unwrap_or_else(|| root().join("gpu-check-report.md"));
+            gpu_check::run(&root(), &out)
         }
         _ => usage(),
     }

@@ -74,14 +74,14 @@ fn auto_backend() -> CliResult<String> {
 }
 
 fn doctor(json: bool) -> CliResult {
-    #[allow(unused_mut)]
-    let mut reports: Vec<serde_json::Value> = Vec::new();
-    #[cfg(feature = "cpu")]
-    reports.push(crate::doctor::backend_report::<qwen2_burn::cpu::Cpu>());
-    #[cfg(feature = "wgpu")]
-    reports.push(crate::doctor::backend_report::<qwen2_burn::wgpu::Wgpu>());
-    #[cfg(feature = "cuda")]
-    reports.push(crate::doctor::backend_report::<qwen2_burn::cuda::Cuda>());
+    let reports: Vec<serde_json::Value> = vec![
+        #[cfg(feature = "cpu")]
+        crate::doctor::backend_report::<qwen2_burn::cpu::Cpu>(),
+        #[cfg(feature = "wgpu")]
+        crate::doctor::backend_report::<qwen2_burn::wgpu::Wgpu>(),
+        #[cfg(feature = "cuda")]
+        crate::doctor::backend_report::<qwen2_burn::cuda::Cuda>(),
+    ];
     crate::doctor::print(&reports, json)
 }
 
