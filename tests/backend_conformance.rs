@@ -15,10 +15,6 @@ use qwen2_burn::core::monitor::{forward_checked, MonitorMode};
 use qwen2_burn::core::precision::{can_run, Choice};
 use qwen2_burn::core::{Error, LogitsFor, Platform, Policy, Qwen2Model};
 
-fn hf_err(name: &str, key: &str) -> Option<f32> {
-    facts(name)[key].as_f64().map(|v| v as f32)
-}
-
 /// The tolerance for `policy` on fixture `name`, or `None` when the plan must overflow there.
 fn tolerance(name: &str, policy: Policy, backend: &str) -> Option<f32> {
     let hf_bf16 = hf_err(name, "hf_bf16_max_abs_err").unwrap();

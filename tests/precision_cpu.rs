@@ -24,10 +24,6 @@ fn logits_of(name: &str, policy: Policy) -> Result<Vec<f32>, Error> {
     forward_checked(&model, &g.prompt_ids, LogitsFor::All, MonitorMode::Cheap).map(to_f32)
 }
 
-fn hf_err(name: &str, key: &str) -> Option<f32> {
-    facts(name)[key].as_f64().map(|v| v as f32)
-}
-
 #[test]
 fn each_plan_holds_each_role_in_its_dtype() {
     let g = goldens("untied-bf16-mqa");

@@ -35,6 +35,11 @@ pub fn fixture_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A number recorded in `goldens.json` (e.g. `hf_bf16_max_abs_err`); `None` when null.
+pub fn hf_err(name: &str, key: &str) -> Option<f32> {
+    facts(name)[key].as_f64().map(|v| v as f32)
+}
+
 /// HF goldens of one fixture.
 pub struct Goldens {
     /// HF's own bf16 run, `[P, V]`.
