@@ -2,7 +2,8 @@
 //!
 //! cargo run --release --example generate -- tests/fixtures/untied-bf16-mqa 1,2,3 8
 
-use qwen2_burn::core::generate::{generate, GenerateOptions, Sampling};
+use qwen2_burn::core::generate::{generate, GenerateOptions};
+use qwen2_burn::core::sampling::SamplingParams;
 use qwen2_burn::core::{Platform, PrecisionPlan, Qwen2Model};
 use qwen2_burn::cpu::Cpu;
 
@@ -23,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = Qwen2Model::<<Cpu as Platform>::B>::load(&dir, PrecisionPlan::F32, &device)?;
     let opts = GenerateOptions {
         max_new_tokens,
-        sampling: Sampling::Greedy,
+        sampling: SamplingParams::greedy(),
         eos_token_ids: model.config().eos_token_ids.clone(),
         monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
     };

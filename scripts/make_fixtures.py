@@ -67,6 +67,9 @@ FIXTURES = {
     ),
     "massive-1e5": (dict(tie_word_embeddings=False), torch.bfloat16, None),
     "massive-2e4": (dict(tie_word_embeddings=False), torch.bfloat16, None),
+    # The model behind the text pipeline tests; scripts/make_text_fixtures.py adds its tokenizer
+    # (ids 0, 1, 2 are <|endoftext|>, <|im_start|>, <|im_end|>) and chat goldens.
+    "tiny-chat": (dict(tie_word_embeddings=True, eos_token_id=[2, 0]), torch.bfloat16, None),
 }
 
 

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use common::*;
-use qwen2_burn::core::generate::{generate, GenerateOptions, Sampling};
+use qwen2_burn::core::generate::{generate, GenerateOptions};
+use qwen2_burn::core::sampling::SamplingParams;
 use qwen2_burn::core::{Error, LogitsFor, Platform, PrecisionPlan, Qwen2Model};
 use qwen2_burn::cpu::Cpu;
 use safetensors::tensor::TensorView;
@@ -307,7 +308,7 @@ fn prompt_longer_than_context_is_refused() {
 
     let opts = GenerateOptions {
         max_new_tokens: 10,
-        sampling: Sampling::Greedy,
+        sampling: SamplingParams::greedy(),
         eos_token_ids: vec![],
         monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
     };

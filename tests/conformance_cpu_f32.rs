@@ -7,8 +7,9 @@
 mod common;
 
 use common::*;
-use qwen2_burn::core::generate::{generate, GenerateOptions, Sampling};
+use qwen2_burn::core::generate::{generate, GenerateOptions};
 use qwen2_burn::core::observe::HiddenStates;
+use qwen2_burn::core::sampling::SamplingParams;
 use qwen2_burn::core::{LogitsFor, PrecisionPlan};
 
 const F32_TOL: f32 = 1e-4;
@@ -79,7 +80,7 @@ fn greedy_ids_equal_hf_generate() {
         let model = load(name, PrecisionPlan::F32);
         let opts = GenerateOptions {
             max_new_tokens: g.greedy_ids.len(),
-            sampling: Sampling::Greedy,
+            sampling: SamplingParams::greedy(),
             eos_token_ids: vec![],
             monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
         };
@@ -129,7 +130,7 @@ fn generation_stops_at_eos() {
     let eos = g.greedy_ids[3];
     let opts = GenerateOptions {
         max_new_tokens: 16,
-        sampling: Sampling::Greedy,
+        sampling: SamplingParams::greedy(),
         eos_token_ids: vec![eos],
         monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
     };
@@ -147,10 +148,7 @@ fn seeded_sampling_is_reproducible() {
     let run = |seed| {
         let opts = GenerateOptions {
             max_new_tokens: 12,
-            sampling: Sampling::Temperature {
-                temperature: 1.5,
-                seed,
-            },
+            sampling: SamplingParams::temperature(1.5, seed),
             eos_token_ids: vec![],
             monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
         };

@@ -2,6 +2,9 @@
 //!
 //!   fixtures [--only NAME...]   regenerate tests/fixtures with HF transformers (needs Python with
 //!                               torch, transformers, safetensors, numpy)
+//!   bench --model DIR [...]    release-build the CLI, run `qwen2 bench` per backend × precision,
+//!                               print a markdown table (see `cargo xtask bench` for options)
+//!   bench-model --out DIR       a Qwen2-0.5B-shaped random bf16 model (~1 GB) for benchmarks
 //!   gpu-check [--out FILE]      on a machine with an NVIDIA GPU: build with cuda+wgpu, print
 //!                               `doctor`, run the conformance suite on CUDA for every policy,
 //!                               a short decode benchmark per policy; report to FILE
@@ -9,6 +12,7 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
+mod bench;
 mod gpu_check;
 
 fn root() -> PathBuf {
@@ -19,9 +23,11 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
-         fixtures [--only NAME...]  rebuild tests/fixtures with HF transformers (scripts/make_fixtures.py)\n  \
+         fixtures [--only NAME...]  rebuild tests/fixtures with HF transformers (scripts/make_fixtures.py,\n                             then scripts/make_text_fixtures.py)\n  \
+         bench --model DIR [--backend cpu,wgpu] [--precision auto,f32,bf16] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE]\n  \
+         bench-model --out DIR      Qwen2-0.5B-shaped random bf16 model for benchmarks (~1 GB)\n  \
          gpu-check [--out FILE]     CUDA doctor + conformance + short benchmark (default report: gpu-check-report.md)\n\n\
-         fixtures needs: pip install torch transformers safetensors numpy"
+         fixtures needs: pip install torch transformers tokenizers safetensors numpy, and npm"
     );
     ExitCode::from(2)
 }
@@ -31,20 +37,50 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("fixtures") => {
             let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-            let status = Command::new(&python)
+            let model_fixtures = Command::new(&python)
                 .current_dir(root())
                 .arg("scripts/make_fixtures.py")
                 .args(["--out", "tests/fixtures"])
                 .args(&args[1..])
                 .status();
-            match status {
+            // Tokenizers, chat templates and sampling goldens (needs tiny-chat from the first).
+            let text_fixtures = || {
+                Command::new(&python)
+                    .current_dir(root())
+                    .arg("scripts/make_text_fixtures.py")
+                    .args(["--out", "tests/fixtures"])
+                    .status()
+            };
+            match model_fixtures.and_then(|s| if s.success() { text_fixtures() } else { Ok(s) }) {
                 Ok(s) if s.success() => ExitCode::SUCCESS,
                 Ok(s) => {
-                    eprintln!("xtask: scripts/make_fixtures.py failed ({s})");
+                    eprintln!("xtask: a fixture script failed ({s})");
                     ExitCode::FAILURE
                 }
                 Err(e) => {
                     eprintln!("xtask: cannot run {python}: {e} (set PYTHON to your interpreter)");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("bench") => bench::run(&root(), &args[1..]),
+        Some("bench-model") => {
+            let out = match (args.get(1).map(String::as_str), args.get(2)) {
+                (Some("--out"), Some(dir)) => dir.clone(),
+                _ => {
+                    eprintln!("usage: cargo xtask bench-model --out DIR");
+                    return ExitCode::from(2);
+                }
+            };
+            let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+            match Command::new(&python)
+                .current_dir(root())
+                .args(["scripts/make_bench_model.py", "--out", &out])
+                .status()
+            {
+                Ok(s) if s.success() => ExitCode::SUCCESS,
+                _ => {
+                    eprintln!("xtask: scripts/make_bench_model.py failed (needs torch, transformers, safetensors)");
                     ExitCode::FAILURE
                 }
             }

@@ -9,7 +9,10 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "qwen2", version)]
 #[command(after_help = "Examples:\n  \
+    qwen2 run --model ~/models/Qwen2.5-0.5B-Instruct --prompt \"Why is the sky blue?\"\n  \
+    qwen2 chat --model ~/models/Qwen2.5-0.5B-Instruct --system \"You are terse.\"\n  \
     qwen2 generate --model tests/fixtures/untied-bf16-mqa --ids 1,2,3 --max-new-tokens 8\n  \
+    qwen2 tokenize --model tests/fixtures/tiny-chat --text \"Hello, world!\" --json\n  \
     qwen2 logits --model tests/fixtures/tied-f32-gqa --ids 1,2,3 --out logits.npy\n\n\
     Set QWEN2_LOG=debug (or pass --verbose) for load progress and timings.")]
 pub struct Cli {
@@ -26,8 +29,21 @@ pub struct Cli {
 pub enum Command {
     /// Write the logits of a forward pass over token ids to a float32 .npy file.
     Logits(LogitsArgs),
-    /// Generate token ids after a prompt of token ids (greedy by default).
+    /// Generate after a prompt given as token ids (--ids) or raw text (--prompt, no chat
+    /// template); sampling defaults come from generation_config.json.
     Generate(GenerateArgs),
+    /// Answer one prompt with the model's chat template, streaming the reply.
+    Run(RunArgs),
+    /// Interactive multi-turn chat (the KV cache is kept across turns). Type /reset to start
+    /// over, /exit or Ctrl-D to quit.
+    Chat(ChatArgs),
+    /// Print the token ids of a text.
+    Tokenize(TokenizeArgs),
+    /// Print the text of token ids.
+    Detokenize(DetokenizeArgs),
+    /// Measure load time, prefill and decode speed, time to first token and peak memory for
+    /// one backend and precision; prints one JSON line (`cargo xtask bench` compares several).
+    Bench(BenchArgs),
     /// Run every precision policy the device can run against f32: where each overflows, how far
     /// its logits drift, and the per-layer peak activations against the f16/bf16 limits.
     Diagnose(DiagnoseArgs),
@@ -77,10 +93,49 @@ pub struct ModelArgs {
     /// Default: fallback with --precision auto, error otherwise.
     #[arg(long, value_enum)]
     pub on_nonfinite: Option<OnNonFinite>,
+}
 
-    /// Prompt token ids, comma-separated (e.g. 9707,11,1879).
-    #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
-    pub ids: Vec<u32>,
+/// Token selection and stopping; unset options take generation_config.json's values.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Tokens to generate at most [default: generation_config.json's max_new_tokens, else 32
+    /// for generate and 512 for run/chat].
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+
+    /// Sampling temperature; 0 means greedy (always the most likely token)
+    /// [default: generation_config.json, greedy when it has no do_sample: true].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+
+    /// Sample only among the K most likely tokens (0 = off).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+
+    /// Sample among the most likely tokens whose probabilities add up to P (1 = off).
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+
+    /// Drop tokens less likely than P times the most likely one (0 = off).
+    #[arg(long, value_name = "P")]
+    pub min_p: Option<f32>,
+
+    /// Penalize tokens already in the sequence (HF semantics; 1 = off).
+    #[arg(long, value_name = "X")]
+    pub repetition_penalty: Option<f32>,
+
+    /// Seed of the sampler: the same seed and settings give the same output.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Stop at these token ids (comma-separated) [default: generation_config.json's
+    /// eos_token_id, else config.json's].
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    pub eos: Option<Vec<u32>>,
+
+    /// Stop when the text contains this string (repeatable; needs a tokenizer).
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
 }
 
 /// `qwen2 logits`.
@@ -88,6 +143,10 @@ pub struct ModelArgs {
 pub struct LogitsArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+
+    /// Prompt token ids, comma-separated (e.g. 9707,11,1879).
+    #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
+    pub ids: Vec<u32>,
 
     /// Output file: float32 little-endian .npy, shape [vocab] (last position) or
     /// [positions, vocab] with --all-positions.
@@ -105,23 +164,103 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// Number of tokens to generate at most.
-    #[arg(long, default_value_t = 32)]
-    pub max_new_tokens: usize,
+    /// Prompt token ids, comma-separated (e.g. 9707,11,1879); output is ids.
+    #[arg(long, value_name = "IDS", value_delimiter = ',', num_args = 1.., required_unless_present = "prompt", conflicts_with = "prompt")]
+    pub ids: Vec<u32>,
 
-    /// Sampling temperature; 0 means greedy (always the most likely token).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
+    /// Prompt text, tokenized with the model's tokenizer.json as is (no chat template; see
+    /// `qwen2 run` for that); output is text.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
 
-    /// Seed for sampling when --temperature > 0 (same seed, same output).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 
-    /// Stop at these token ids (comma-separated); defaults to config.json's eos_token_id.
-    #[arg(long, value_delimiter = ',', value_name = "IDS")]
-    pub eos: Option<Vec<u32>>,
+    /// Print one JSON object (ids, prompt_tokens, generated_tokens, timings; text with --prompt)
+    /// instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
 
-    /// Print one JSON object (ids, prompt_tokens, generated_tokens, timings) instead of text.
+/// `qwen2 run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The user's message.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: String,
+
+    /// A system message before it (default: whatever the chat template puts there).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    /// Print one JSON object (reply text, ids, timings) instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `qwen2 chat`.
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// A system message that starts the conversation (kept across /reset).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// Where a tokenizer comes from.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct TokenizerSource {
+    /// Model directory holding tokenizer.json.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+
+    /// A tokenizer.json file (or tokenizer.json.gz).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// `qwen2 tokenize`.
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub source: TokenizerSource,
+
+    /// The text; special tokens written in it (<|im_start|>) become their ids.
+    #[arg(long, value_name = "TEXT")]
+    pub text: String,
+
+    /// Print {"ids": [...]} instead of comma-separated ids.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `qwen2 detokenize`.
+#[derive(Args, Debug)]
+pub struct DetokenizeArgs {
+    #[command(flatten)]
+    pub source: TokenizerSource,
+
+    /// Token ids, comma-separated.
+    #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
+    pub ids: Vec<u32>,
+
+    /// Leave special tokens (<|im_end|>, ...) out of the text.
+    #[arg(long)]
+    pub skip_special: bool,
+
+    /// Print {"text": "..."} instead of the bare text.
     #[arg(long)]
     pub json: bool,
 }
@@ -148,4 +287,28 @@ pub struct DiagnoseArgs {
     /// Also draw per-layer peak |activation| per policy, with the f16 limit, to this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub chart: Option<PathBuf>,
+}
+
+/// `qwen2 bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Prompt length in tokens (ignored with --ids).
+    #[arg(long, default_value_t = 128)]
+    pub prompt_len: usize,
+
+    /// A file of prompt token ids (comma, space or newline separated), to run the same prompt
+    /// as another engine.
+    #[arg(long, value_name = "FILE")]
+    pub ids: Option<PathBuf>,
+
+    /// Tokens to generate per repetition (greedy, with the KV cache).
+    #[arg(long, default_value_t = 32)]
+    pub gen: usize,
+
+    /// Measured repetitions after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
 }

@@ -4,12 +4,15 @@ use std::error::Error;
 use std::time::Instant;
 
 use qwen2_burn::core::fallback::{run_with_fallback, Outcome};
-use qwen2_burn::core::generate::{generate, GenerateOptions, Sampling};
+use qwen2_burn::core::generate::{generate_in_cache, Flow, Generation};
 use qwen2_burn::core::monitor::{forward_checked, MonitorMode};
 use qwen2_burn::core::precision::{Choice, Resolved};
 use qwen2_burn::core::{LogitsFor, Platform, Policy, Qwen2Model};
 
+use qwen2_burn::core::text::TextStream;
+
 use crate::args::{Cli, Command, GenerateArgs, LogitsArgs, ModelArgs, OnNonFinite};
+use crate::options::{generate_options, model_tokenizer};
 
 pub type CliResult<T = ()> = Result<T, Box<dyn Error>>;
 
@@ -28,7 +31,12 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Logits(a) => a.model.backend.clone(),
         Command::Generate(a) => a.model.backend.clone(),
         Command::Diagnose(a) => a.backend.clone(),
+        Command::Run(a) => a.model.backend.clone(),
+        Command::Chat(a) => a.model.backend.clone(),
+        Command::Bench(a) => a.model.backend.clone(),
         Command::Doctor(a) => return doctor(a.json),
+        Command::Tokenize(a) => return crate::text_cmds::tokenize(a),
+        Command::Detokenize(a) => return crate::text_cmds::detokenize(a),
     };
     let backend = if requested == "auto" {
         auto_backend()?
@@ -90,7 +98,12 @@ fn run_on<P: Platform>(cli: Cli) -> CliResult {
         Command::Logits(a) => logits::<P>(a),
         Command::Generate(a) => generate_cmd::<P>(a),
         Command::Diagnose(a) => crate::diagnose::diagnose_cmd::<P>(a),
+        Command::Run(a) => crate::chat_cmds::run_cmd::<P>(a),
+        Command::Chat(a) => crate::chat_cmds::chat_cmd::<P>(a),
+        Command::Bench(a) => crate::bench::bench_cmd::<P>(a),
         Command::Doctor(a) => doctor(a.json),
+        Command::Tokenize(a) => crate::text_cmds::tokenize(&a),
+        Command::Detokenize(a) => crate::text_cmds::detokenize(&a),
     }
 }
 
@@ -114,7 +127,7 @@ pub fn device_of<P: Platform>() -> CliResult<burn::tensor::Device<P::B>> {
 }
 
 /// Resolves `--precision` through `P`'s policy table for the probed device.
-fn resolve<P: Platform>(
+pub fn resolve<P: Platform>(
     args: &ModelArgs,
     device: &burn::tensor::Device<P::B>,
 ) -> CliResult<(Resolved, bool)> {
@@ -130,20 +143,47 @@ fn resolve<P: Platform>(
     Ok((resolved, fallback))
 }
 
-fn load<P: Platform>(
+/// Loads the model with `policy`'s plan, drawing a progress line on stderr when it is a
+/// terminal and the load takes more than a moment.
+pub fn load<P: Platform>(
     args: &ModelArgs,
     policy: Policy,
     device: &burn::tensor::Device<P::B>,
 ) -> qwen2_burn::core::Result<Qwen2Model<P::B>> {
+    use std::io::IsTerminal;
     tracing::info!(backend = P::NAME, %policy, model = %args.model.display(), "loading");
     let start = Instant::now();
-    let model = Qwen2Model::<P::B>::load(&args.model, policy.plan(), device)?;
+    let show = std::io::stderr().is_terminal();
+    let mut drawn = false;
+    let model = Qwen2Model::<P::B>::load_with_progress(
+        &args.model,
+        policy.plan(),
+        device,
+        &mut |done, total| {
+            let secs = start.elapsed().as_secs_f64();
+            if show && (drawn || secs > 0.5) && done < total {
+                let width = 30;
+                let filled = width * done / total;
+                eprint!(
+                    "\rloading {} ({policy}) [{}{}] {done}/{total} {secs:.1}s",
+                    args.model.display(),
+                    "#".repeat(filled),
+                    "-".repeat(width - filled)
+                );
+                drawn = true;
+            }
+        },
+    );
+    if drawn {
+        eprint!("\r\x1b[K");
+    }
+    let model = model?;
     tracing::info!(seconds = start.elapsed().as_secs_f64(), "model loaded");
     Ok(model)
 }
 
 /// Tells the user about plans that overflowed before the one that worked.
-fn report_fallbacks<T>(outcome: &Outcome<T>) {
+pub fn report_fallbacks<T>(outcome: &Outcome<T>) {
     for failed in &outcome.failed {
         eprintln!(
             "warning: --precision {} produced non-finite values: {}",
@@ -155,7 +195,7 @@ fn report_fallbacks<T>(outcome: &Outcome<T>) {
     }
 }
 
-fn fallback_json<T>(outcome: &Outcome<T>) -> serde_json::Value {
+pub fn fallback_json<T>(outcome: &Outcome<T>) -> serde_json::Value {
     outcome
         .failed
         .iter()
@@ -166,7 +206,7 @@ fn fallback_json<T>(outcome: &Outcome<T>) -> serde_json::Value {
 fn logits<P: Platform>(a: LogitsArgs) -> CliResult {
     let device = device_of::<P>()?;
     let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
-    let ids = &a.model.ids;
+    let ids = &a.ids;
     let which = if a.all_positions {
         LogitsFor::All
     } else {
@@ -199,45 +239,70 @@ fn logits<P: Platform>(a: LogitsArgs) -> CliResult {
 }
 
 fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
-    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-        return Err(format!("--temperature must be >= 0, got {}", a.temperature).into());
-    }
+    let dir = &a.model.model;
+    // Text needs the tokenizer; ids need it only for stop strings.
+    let tokenizer = if a.prompt.is_some() || !a.sampling.stop.is_empty() {
+        Some(model_tokenizer(dir, "--prompt / --stop")?)
+    } else {
+        None
+    };
+    let prompt_ids = match (&a.prompt, &tokenizer) {
+        (Some(text), Some(t)) => t.encode(text)?,
+        _ => a.ids.clone(),
+    };
+    let opts = generate_options(&a.sampling, dir, &[], 32)?;
     let device = device_of::<P>()?;
     let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
-    let sampling = if a.temperature == 0.0 {
-        Sampling::Greedy
-    } else {
-        Sampling::Temperature {
-            temperature: a.temperature,
-            seed: a.seed,
-        }
-    };
+    let as_text = a.prompt.is_some();
+    // Stream only when no fallback can restart the output halfway.
+    let stream = !a.json && (!fallback || resolved.fallbacks.is_empty());
     let outcome = run_with_fallback(&resolved, fallback, |policy| {
         let model = load::<P>(&a.model, policy, &device)?;
-        let opts = GenerateOptions {
-            max_new_tokens: a.max_new_tokens,
-            sampling,
-            eos_token_ids: a
-                .eos
-                .clone()
-                .unwrap_or_else(|| model.config().eos_token_ids.clone()),
-            monitor: Some(MonitorMode::Cheap),
-        };
-        // Stream only when no fallback can restart the output halfway.
-        let stream = !a.json && (!fallback || resolved.fallbacks.is_empty());
-        generate(&model, &a.model.ids, &opts, |id| {
-            if stream {
-                use std::io::Write;
-                print!("{id} ");
-                let _ = std::io::stdout().flush();
+        let needed = prompt_ids.len() + opts.max_new_tokens.saturating_sub(1);
+        // An explicit --max-new-tokens that cannot fit is an error; a default is capped.
+        if a.sampling.max_new_tokens.is_some() && needed > model.context_length() {
+            return Err(qwen2_burn::core::Error::ContextOverflow {
+                requested: prompt_ids.len() + opts.max_new_tokens,
+                capacity: model.context_length(),
+                limit: "the model's context length (prompt + --max-new-tokens)".into(),
+            });
+        }
+        let mut text = tokenizer
+            .as_ref()
+            .map(|t| TextStream::new(t, true, &a.sampling.stop));
+        let mut cache = model.new_cache(prompt_ids.len() + opts.max_new_tokens);
+        let g = generate_in_cache(&model, &mut cache, &[], &prompt_ids, &opts, |id| {
+            let mut flow = Flow::Continue;
+            if let Some(t) = text.as_mut().filter(|_| !opts.eos_token_ids.contains(&id)) {
+                let step = t.push(id)?;
+                if step.stopped {
+                    flow = Flow::Stop;
+                }
+                if stream && as_text {
+                    print_flush(&step.text);
+                }
             }
-        })
-        .map(|g| (g, stream))
+            if stream && !as_text {
+                print_flush(&format!("{id} "));
+            }
+            Ok(flow)
+        })?;
+        let reply = match text.as_mut() {
+            Some(t) => {
+                let rest = t.finish()?;
+                if stream && as_text {
+                    print_flush(&rest);
+                }
+                Some(t.text().to_string())
+            }
+            None => None,
+        };
+        Ok((g, reply))
     })?;
     report_fallbacks(&outcome);
-    let (out, streamed) = &outcome.value;
+    let (out, reply): &(Generation, Option<String>) = &outcome.value;
     if a.json {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "ids": out.ids,
             "prompt_tokens": out.prompt_tokens,
             "generated_tokens": out.ids.len(),
@@ -251,11 +316,20 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
             "requested_precision": a.model.precision,
             "fallbacks": fallback_json(&outcome),
         });
+        if let Some(text) = reply {
+            json["text"] = text.clone().into();
+            json["stopped_on_stop_string"] = out.stopped_by_caller.into();
+        }
         println!("{json}");
     } else {
-        if !streamed {
-            let ids: Vec<String> = out.ids.iter().map(u32::to_string).collect();
-            print!("{}", ids.join(" "));
+        if !stream {
+            match (as_text, reply) {
+                (true, Some(text)) => print!("{text}"),
+                _ => {
+                    let ids: Vec<String> = out.ids.iter().map(u32::to_string).collect();
+                    print!("{}", ids.join(" "));
+                }
+            }
         }
         println!();
         eprintln!(
@@ -268,4 +342,11 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
         );
     }
     Ok(())
+}
+
+fn print_flush(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }

@@ -1,11 +1,15 @@
 //! `qwen2`: run Qwen2 / Qwen2.5 models from a Hugging Face model directory.
 
 mod args;
+mod bench;
 mod chart;
+mod chat_cmds;
 mod commands;
 mod diagnose;
 mod doctor;
 mod npy;
+mod options;
+mod text_cmds;
 
 use std::process::ExitCode;
 

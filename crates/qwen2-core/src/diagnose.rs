@@ -166,7 +166,7 @@ pub fn compare(reference: &[f32], other: &[f32], vocab: usize) -> (f32, f32, f64
         for (a, b) in r.iter().zip(o) {
             dmax = dmax.max((a - b).abs());
         }
-        agree += (crate::generate::argmax(r) == crate::generate::argmax(o)) as usize;
+        agree += (crate::sampling::argmax(r) == crate::sampling::argmax(o)) as usize;
         let (lr, lo) = (log_softmax(r), log_softmax(o));
         kl += lr
             .iter()

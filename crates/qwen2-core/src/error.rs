@@ -136,6 +136,25 @@ pub enum Error {
     #[error("{0}")]
     NonFinite(Box<NonFiniteReport>),
 
+    /// A tokenizer file is missing, unreadable or not a `tokenizers` JSON file, or text could
+    /// not be encoded / ids could not be decoded with it.
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// A chat template failed to parse or to render.
+    #[error("chat template from {origin}: {message}")]
+    ChatTemplate {
+        /// Where the template came from (a file, or the built-in ChatML template).
+        origin: String,
+        /// What minijinja (or the template's own `raise_exception`) said.
+        message: String,
+    },
+
     /// A plan or option that cannot run on the chosen device.
     #[error("{0}")]
     Invalid(String),

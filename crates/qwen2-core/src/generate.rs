@@ -6,23 +6,11 @@ use burn::prelude::Backend;
 use burn::tensor::FloatDType;
 
 use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
 use crate::model::{LogitsFor, Qwen2Model};
 use crate::monitor::{locate_nonfinite, MonitorMode, StabilityMonitor};
 use crate::observe::NoObserver;
-
-/// How the next token is chosen.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Sampling {
-    /// Always the highest logit (ties go to the lowest id).
-    Greedy,
-    /// Softmax(logits / temperature), drawn with a seeded generator.
-    Temperature {
-        /// Divides the logits; > 0.
-        temperature: f32,
-        /// Seed of the generator: the same seed gives the same tokens.
-        seed: u64,
-    },
-}
+use crate::sampling::{Sampler, SamplingParams};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -30,7 +18,7 @@ pub struct GenerateOptions {
     /// Tokens to generate at most.
     pub max_new_tokens: usize,
     /// Token selection.
-    pub sampling: Sampling,
+    pub sampling: SamplingParams,
     /// Generation stops after emitting any of these ids.
     pub eos_token_ids: Vec<u32>,
     /// Stability checks on every forward pass (`None`: only the sampler's non-finite check).
@@ -44,7 +32,7 @@ impl GenerateOptions {
     pub fn greedy(max_new_tokens: usize) -> Self {
         GenerateOptions {
             max_new_tokens,
-            sampling: Sampling::Greedy,
+            sampling: SamplingParams::greedy(),
             eos_token_ids: Vec::new(),
             monitor: Some(MonitorMode::Cheap),
         }
@@ -64,6 +52,8 @@ pub struct Generation {
     pub decode_time: Duration,
     /// Whether generation ended on an eos id.
     pub stopped_on_eos: bool,
+    /// Whether the caller ended generation (a stop string, for instance).
+    pub stopped_by_caller: bool,
 }
 
 impl Generation {
@@ -88,6 +78,15 @@ impl Generation {
     }
 }
 
+/// What the token callback of [`generate_in_cache`] wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Generate the next token.
+    Continue,
+    /// End generation now (the token just handed over is kept).
+    Stop,
+}
+
 /// Generates up to `opts.max_new_tokens` tokens after `prompt`, calling `on_token` with each id as
 /// soon as it is chosen.
 pub fn generate<B: Backend>(
@@ -105,22 +104,58 @@ pub fn generate<B: Backend>(
         });
     }
     let mut cache = model.new_cache(needed.max(prompt.len()));
-    let mut rng = match opts.sampling {
-        Sampling::Temperature { seed, .. } => SplitMix64(seed),
-        Sampling::Greedy => SplitMix64(0),
-    };
+    generate_in_cache(model, &mut cache, &[], prompt, opts, |id| {
+        on_token(id);
+        Ok(Flow::Continue)
+    })
+}
+
+/// Continues a sequence whose first `history.len()` ids are already in `cache`: feeds `input`
+/// (at least one id), then generates up to `opts.max_new_tokens` tokens, calling `on_token`
+/// with each id as soon as it is chosen. The cache grows as needed, up to the context length.
+/// On return the cache holds `history`, `input` and every generated id but the last.
+pub fn generate_in_cache<B: Backend>(
+    model: &Qwen2Model<B>,
+    cache: &mut KvCache<B>,
+    history: &[u32],
+    input: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> Result<Flow>,
+) -> Result<Generation> {
+    if cache.len() != history.len() {
+        return Err(Error::Invalid(format!(
+            "the KV cache holds {} positions but the history has {} ids",
+            cache.len(),
+            history.len()
+        )));
+    }
+    let context = model.context_length();
+    if history.len() + input.len() > context {
+        return Err(Error::ContextOverflow {
+            requested: history.len() + input.len(),
+            capacity: context,
+            limit: "the model's context length".into(),
+        });
+    }
+    let mut sequence: Vec<u32> = history.iter().chain(input).copied().collect();
+    let mut sampler = Sampler::new(opts.sampling, &sequence)?;
     let mut ids = Vec::with_capacity(opts.max_new_tokens);
-    let mut stopped_on_eos = false;
+    let (mut stopped_on_eos, mut stopped_by_caller) = (false, false);
     let start = Instant::now();
     let mut prefill_time = Duration::ZERO;
-    let mut input: Vec<u32> = prompt.to_vec();
+    let mut feed: Vec<u32> = input.to_vec();
     let mut monitor = opts.monitor.map(StabilityMonitor::<B>::new);
     for step in 0..opts.max_new_tokens {
+        if cache.len() + feed.len() > context {
+            tracing::info!(context, "context full: generation ends");
+            break;
+        }
+        cache.reserve(cache.len() + feed.len(), context);
         let logits = match monitor.as_mut() {
-            Some(m) => model.forward_observed(&input, &mut cache, LogitsFor::Last, m)?,
-            None => model.forward_observed(&input, &mut cache, LogitsFor::Last, &mut NoObserver)?,
+            Some(m) => model.forward_observed(&feed, cache, LogitsFor::Last, m)?,
+            None => model.forward_observed(&feed, cache, LogitsFor::Last, &mut NoObserver)?,
         };
-        let logits = logits
+        let mut logits = logits
             .cast(FloatDType::F32)
             .into_data()
             .to_vec::<f32>()
@@ -137,13 +172,12 @@ pub fn generate<B: Backend>(
                 inf: 0,
             })
         } else {
-            pick(&logits, opts.sampling, &mut rng, step)
+            sampler.sample(&mut logits, step)
         };
         let next = match picked {
             Ok(id) => id,
             Err(e @ Error::NonFiniteLogits { .. }) => {
-                let seen: Vec<u32> = prompt.iter().chain(&ids).copied().collect();
-                return Err(locate_nonfinite(model, &seen, step)?.unwrap_or(e));
+                return Err(locate_nonfinite(model, &sequence, step)?.unwrap_or(e));
             }
             Err(e) => return Err(e),
         };
@@ -151,12 +185,17 @@ pub fn generate<B: Backend>(
             prefill_time = start.elapsed();
         }
         ids.push(next);
-        on_token(next);
+        sequence.push(next);
+        let flow = on_token(next)?;
         if opts.eos_token_ids.contains(&next) {
             stopped_on_eos = true;
             break;
         }
-        input = vec![next];
+        if flow == Flow::Stop {
+            stopped_by_caller = true;
+            break;
+        }
+        feed = vec![next];
     }
     let decode_time = start.elapsed().saturating_sub(prefill_time);
     tracing::debug!(
@@ -167,76 +206,10 @@ pub fn generate<B: Backend>(
     );
     Ok(Generation {
         ids,
-        prompt_tokens: prompt.len(),
+        prompt_tokens: input.len(),
         prefill_time,
         decode_time,
         stopped_on_eos,
+        stopped_by_caller,
     })
-}
-
-/// Chooses a token from f32 logits; refuses non-finite logits.
-pub fn pick(logits: &[f32], sampling: Sampling, rng: &mut SplitMix64, step: usize) -> Result<u32> {
-    let (nan, inf) = logits.iter().fold((0, 0), |(n, i), x| {
-        (n + x.is_nan() as usize, i + x.is_infinite() as usize)
-    });
-    if nan + inf > 0 {
-        return Err(Error::NonFiniteLogits { step, nan, inf });
-    }
-    Ok(match sampling {
-        Sampling::Greedy => argmax(logits),
-        Sampling::Temperature { temperature, .. } => {
-            if temperature.is_nan() || temperature <= 0.0 {
-                return Err(Error::Invalid(format!(
-                    "temperature must be > 0, got {temperature}"
-                )));
-            }
-            let max = logits[argmax(logits) as usize];
-            let weights: Vec<f64> = logits
-                .iter()
-                .map(|&l| (((l - max) / temperature) as f64).exp())
-                .collect();
-            let total: f64 = weights.iter().sum();
-            let mut target = rng.next_f64() * total;
-            let mut chosen = weights.len() - 1;
-            for (i, w) in weights.iter().enumerate() {
-                if target < *w {
-                    chosen = i;
-                    break;
-                }
-                target -= w;
-            }
-            chosen as u32
-        }
-    })
-}
-
-/// Index of the largest value; the first one on ties.
-pub fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// A small, seedable generator (SplitMix64): deterministic across platforms.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }

@@ -75,6 +75,32 @@ impl<B: Backend> KvCache<B> {
         self.len = self.len.min(len);
     }
 
+    /// Makes room for at least `needed` positions (at most `max`), keeping what is cached.
+    /// Grows by doubling, so a long conversation reallocates only a few times.
+    pub fn reserve(&mut self, needed: usize, max: usize) {
+        if needed <= self.capacity {
+            return;
+        }
+        let capacity = needed.max(self.capacity * 2).min(max.max(needed));
+        tracing::debug!(from = self.capacity, to = capacity, "growing the KV cache");
+        let len = self.len;
+        for layer in &mut self.layers {
+            let [heads, _, dim] = layer.keys.dims();
+            let (device, dtype) = (layer.keys.device(), layer.keys.dtype());
+            let grow = |old: &Tensor<B, 3>| {
+                let fresh = Tensor::<B, 3>::zeros([heads, capacity, dim], (&device, dtype));
+                if len == 0 {
+                    return fresh;
+                }
+                let valid = old.clone().slice([0..heads, 0..len, 0..dim]);
+                fresh.slice_assign([0..heads, 0..len, 0..dim], valid)
+            };
+            layer.keys = grow(&layer.keys);
+            layer.values = grow(&layer.values);
+        }
+        self.capacity = capacity;
+    }
+
     /// Checks that `extra` more positions fit.
     pub fn check_room(&self, extra: usize) -> Result<()> {
         if self.len + extra > self.capacity {

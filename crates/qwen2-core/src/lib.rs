@@ -1,6 +1,8 @@
 //! qwen2-core: the backend-independent part of qwen2-burn — config, checkpoint loading, the Qwen2
-//! graph over any burn backend, the KV cache, precision plans and greedy generation.
+//! graph over any burn backend, the KV cache, precision plans, sampling, generation, the
+//! tokenizer, chat templates and chat sessions.
 
+pub mod chat;
 pub mod config;
 pub mod diagnose;
 pub mod error;
@@ -12,6 +14,8 @@ pub mod monitor;
 pub mod observe;
 pub mod platform;
 pub mod precision;
+pub mod sampling;
+pub mod text;
 pub mod weights;
 
 pub use config::Qwen2Config;

@@ -58,10 +58,21 @@ impl<B: Backend> Qwen2Model<B> {
     /// Loads `config.json` and the safetensors checkpoint of a HF model directory, storing the
     /// weights in `plan.weights` on `device`.
     pub fn load(dir: impl AsRef<Path>, plan: PrecisionPlan, device: &B::Device) -> Result<Self> {
+        Self::load_with_progress(dir, plan, device, &mut |_, _| {})
+    }
+
+    /// [`Qwen2Model::load`] that calls `progress(done, total)` after each loading step (the
+    /// embedding, each decoder layer, the head), for a progress bar on real-size models.
+    pub fn load_with_progress(
+        dir: impl AsRef<Path>,
+        plan: PrecisionPlan,
+        device: &B::Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let dir = dir.as_ref();
         let config = Qwen2Config::from_file(dir.join("config.json"))?;
         let ckpt = Checkpoint::open(dir)?;
-        Self::from_checkpoint(config, &ckpt, plan, device)
+        Self::from_checkpoint_with_progress(config, &ckpt, plan, device, progress)
     }
 
     /// Builds the model from an already opened checkpoint.
@@ -70,6 +81,16 @@ impl<B: Backend> Qwen2Model<B> {
         ckpt: &Checkpoint,
         plan: PrecisionPlan,
         device: &B::Device,
+    ) -> Result<Self> {
+        Self::from_checkpoint_with_progress(config, ckpt, plan, device, &mut |_, _| {})
+    }
+
+    fn from_checkpoint_with_progress(
+        config: Qwen2Config,
+        ckpt: &Checkpoint,
+        plan: PrecisionPlan,
+        device: &B::Device,
+        progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let c = &config;
         let w = plan.weights;
@@ -80,6 +101,8 @@ impl<B: Backend> Qwen2Model<B> {
             false,
         )?;
         let embed_tokens: Tensor<B, 2> = Tensor::from_data(embed, (device, w.into()));
+        let steps = c.num_hidden_layers + 2;
+        progress(1, steps);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             tracing::info!(
@@ -88,6 +111,7 @@ impl<B: Backend> Qwen2Model<B> {
                 "loading decoder layer"
             );
             layers.push(DecoderLayer::load(ckpt, i, c, w, device)?);
+            progress(i + 2, steps);
         }
         let norm = RmsNorm::load(ckpt, "model.norm", c.hidden_size, c.rms_norm_eps, w, device)?;
         let has_head = ckpt.contains("lm_head.weight");
@@ -118,6 +142,7 @@ impl<B: Backend> Qwen2Model<B> {
             });
         };
         let rope = Rope::new(c, context_length(c), device);
+        progress(steps, steps);
         Ok(Qwen2Model {
             embed_tokens,
             layers,

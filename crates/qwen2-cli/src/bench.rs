@@ -1,0 +1,174 @@
+//! `qwen2 bench`: load time, prefill and decode speed, time to first token and peak memory of
+//! one backend and precision policy (`cargo xtask bench` runs one process per configuration and
+//! tabulates them).
+
+use std::time::Instant;
+
+use burn::tensor::FloatDType;
+use qwen2_burn::core::sampling::argmax;
+use qwen2_burn::core::{LogitsFor, Platform, Policy, Qwen2Model};
+
+use crate::args::BenchArgs;
+use crate::commands::{device_of, resolve, CliResult};
+
+/// Median, min and max of samples.
+fn stats(samples: &[f64]) -> serde_json::Value {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let median = if s.is_empty() {
+        0.0
+    } else if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    serde_json::json!({
+        "median": median,
+        "min": s.first().copied().unwrap_or(0.0),
+        "max": s.last().copied().unwrap_or(0.0),
+    })
+}
+
+/// A field of /proc/self/status in bytes (Linux), e.g. `VmHWM` (peak resident memory).
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Memory bandwidth of a large copy (bytes read + written per second), best of 5.
+pub fn copy_bandwidth() -> f64 {
+    let n = 64 << 20; // 256 MiB of f32
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(&dst);
+        best = best.max((2 * n * 4) as f64 / secs);
+    }
+    best
+}
+
+/// Bytes of weights one decode step reads: every matrix of every layer plus the lm_head (the
+/// embedding contributes one row), in the plan's weight dtype.
+fn weight_bytes_per_token<B: burn::prelude::Backend>(
+    model: &Qwen2Model<B>,
+    dtype: FloatDType,
+) -> f64 {
+    let c = model.config();
+    let (h, i, kv) = (
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_key_value_heads * c.head_dim,
+    );
+    let q = c.num_attention_heads * c.head_dim;
+    let per_layer = h * q + 2 * h * kv + q * h + 3 * h * i;
+    let elems = c.num_hidden_layers * per_layer + c.vocab_size * h;
+    let size = match dtype {
+        FloatDType::F32 => 4.0,
+        _ => 2.0,
+    };
+    elems as f64 * size
+}
+
+/// The prompt: ids from `--ids FILE` (comma/space/newline separated), else a fixed spread
+/// over the vocabulary.
+fn prompt_ids(a: &BenchArgs, vocab: usize) -> CliResult<Vec<u32>> {
+    if let Some(path) = &a.ids {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let ids: Result<Vec<u32>, _> = text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect();
+        let ids = ids.map_err(|e| format!("{}: not a list of token ids: {e}", path.display()))?;
+        if ids.is_empty() {
+            return Err(format!("{}: no token ids", path.display()).into());
+        }
+        return Ok(ids);
+    }
+    Ok((0..a.prompt_len)
+        .map(|i| ((i * 7919 + 13) % vocab.min(150_000)) as u32)
+        .collect())
+}
+
+pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
+    let device = device_of::<P>()?;
+    let (resolved, _) = resolve::<P>(&a.model, &device)?;
+    let policy: Policy = resolved.policy;
+    let rss_before = proc_status_bytes("VmRSS:");
+    let t = Instant::now();
+    let model = crate::commands::load::<P>(&a.model, policy, &device)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let prompt = prompt_ids(&a, model.config().vocab_size)?;
+    let needed = prompt.len() + a.gen;
+    if needed > model.context_length() {
+        return Err(format!(
+            "prompt + --gen = {needed} exceeds the context ({})",
+            model.context_length()
+        )
+        .into());
+    }
+    let run = |gen: usize| -> CliResult<(f64, f64, f64)> {
+        let mut cache = model.new_cache(needed);
+        let t = Instant::now();
+        let logits = model.forward(&prompt, &mut cache, LogitsFor::Last)?;
+        let logits = logits
+            .cast(FloatDType::F32)
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))?;
+        let prefill = t.elapsed().as_secs_f64();
+        let mut next = argmax(&logits);
+        let ttft = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 1..gen {
+            let logits = model.forward(&[next], &mut cache, LogitsFor::Last)?;
+            let logits = logits
+                .cast(FloatDType::F32)
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| format!("{e:?}"))?;
+            next = argmax(&logits);
+        }
+        Ok((prefill, ttft, t.elapsed().as_secs_f64()))
+    };
+    run(a.gen.min(4))?; // warm-up
+    let (mut prefill, mut ttft, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..a.reps {
+        let (p, f, d) = run(a.gen)?;
+        tracing::info!(rep, prefill_s = p, decode_s = d, "bench rep");
+        prefill.push(prompt.len() as f64 / p);
+        ttft.push(f * 1e3);
+        if a.gen > 1 {
+            decode.push((a.gen - 1) as f64 / d);
+        }
+    }
+    let bandwidth = copy_bandwidth();
+    let weight_bytes = weight_bytes_per_token(&model, model.plan().weights);
+    let report = serde_json::json!({
+        "backend": P::NAME,
+        "precision": policy.name(),
+        "model": a.model.model.display().to_string(),
+        "prompt_tokens": prompt.len(),
+        "gen_tokens": a.gen,
+        "reps": a.reps,
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "load_s": load_s,
+        "prefill_tok_s": stats(&prefill),
+        "ttft_ms": stats(&ttft),
+        "decode_tok_s": stats(&decode),
+        "peak_rss_bytes": proc_status_bytes("VmHWM:"),
+        "rss_before_load_bytes": rss_before,
+        "weight_bytes_per_token": weight_bytes,
+        "copy_bandwidth_bytes_s": bandwidth,
+        "decode_bound_tok_s": bandwidth / weight_bytes,
+    });
+    println!("{report}");
+    Ok(())
+}

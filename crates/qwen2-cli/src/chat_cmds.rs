@@ -1,0 +1,238 @@
+//! `qwen2 run` (one prompt through the chat template) and `qwen2 chat` (interactive).
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use qwen2_burn::core::chat::{ChatOptions, ChatSession, ChatTurn};
+use qwen2_burn::core::fallback::{is_nonfinite, run_with_fallback};
+use qwen2_burn::core::text::{ChatTemplate, Message};
+use qwen2_burn::core::{Platform, Policy};
+
+use crate::args::{ChatArgs, RunArgs};
+use crate::commands::{device_of, fallback_json, load, report_fallbacks, resolve, CliResult};
+use crate::options::{chat_end_ids, generate_options, model_tokenizer};
+
+/// Replies are capped at this many tokens unless told otherwise.
+const DEFAULT_REPLY_TOKENS: usize = 512;
+
+fn print_flush(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn turn_stats(turn: &ChatTurn, policy: Policy) -> String {
+    let g = &turn.generation;
+    format!(
+        "{} tokens ({} plan); prefilled {} new tokens at {:.1} tok/s, reused {} cached; decode {:.1} tok/s",
+        g.ids.len(),
+        policy,
+        turn.prefilled_tokens,
+        g.prefill_tokens_per_s(),
+        turn.reused_tokens,
+        g.decode_tokens_per_s()
+    )
+}
+
+pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
+    let device = device_of::<P>()?;
+    let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
+    let dir = &a.model.model;
+    let tokenizer = model_tokenizer(dir, "qwen2 run")?;
+    let template = ChatTemplate::from_model_dir(dir)?;
+    let opts = ChatOptions {
+        generate: generate_options(
+            &a.sampling,
+            dir,
+            &chat_end_ids(&tokenizer),
+            DEFAULT_REPLY_TOKENS,
+        )?,
+        stop_strings: a.sampling.stop.clone(),
+        template_vars: Default::default(),
+    };
+    // Stream only when no fallback can restart the reply halfway.
+    let stream = !a.json && (!fallback || resolved.fallbacks.is_empty());
+    let outcome = run_with_fallback(&resolved, fallback, |policy| {
+        let model = load::<P>(&a.model, policy, &device)?;
+        let mut session = ChatSession::new(&model, &tokenizer, &template, a.system.as_deref());
+        session.send(&a.prompt, &opts, |text| {
+            if stream {
+                print_flush(text);
+            }
+        })
+    })?;
+    report_fallbacks(&outcome);
+    let turn = &outcome.value;
+    let g = &turn.generation;
+    if a.json {
+        let json = serde_json::json!({
+            "text": turn.reply,
+            "ids": g.ids,
+            "prompt_tokens": g.prompt_tokens,
+            "generated_tokens": g.ids.len(),
+            "stopped_on_eos": g.stopped_on_eos,
+            "stopped_on_stop_string": g.stopped_by_caller,
+            "prefill_tokens_per_s": g.prefill_tokens_per_s(),
+            "decode_tokens_per_s": g.decode_tokens_per_s(),
+            "backend": P::NAME,
+            "precision": outcome.policy.name(),
+            "requested_precision": a.model.precision,
+            "fallbacks": fallback_json(&outcome),
+        });
+        println!("{json}");
+    } else {
+        if !stream {
+            print!("{}", turn.reply);
+        }
+        println!();
+        eprintln!("[{}]", turn_stats(turn, outcome.policy));
+    }
+    Ok(())
+}
+
+/// Why a chat loop ended.
+enum ChatEnd {
+    /// The user left (Ctrl-D or /exit).
+    Quit,
+    /// A turn went non-finite: the conversation before it and the message that failed.
+    NonFinite {
+        error: qwen2_burn::core::Error,
+        messages: Vec<Message>,
+        pending: String,
+    },
+}
+
+pub fn chat_cmd<P: Platform>(a: ChatArgs) -> CliResult {
+    let device = device_of::<P>()?;
+    let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
+    let dir = &a.model.model;
+    let tokenizer = model_tokenizer(dir, "qwen2 chat")?;
+    let template = ChatTemplate::from_model_dir(dir)?;
+    let opts = ChatOptions {
+        generate: generate_options(
+            &a.sampling,
+            dir,
+            &chat_end_ids(&tokenizer),
+            DEFAULT_REPLY_TOKENS,
+        )?,
+        stop_strings: a.sampling.stop.clone(),
+        template_vars: Default::default(),
+    };
+    let interactive = std::io::stdin().is_terminal();
+    let mut policies = std::iter::once(resolved.policy).chain(if fallback {
+        resolved.fallbacks.clone()
+    } else {
+        Vec::new()
+    });
+    let mut policy = policies.next().unwrap_or(resolved.policy);
+    let mut messages: Vec<Message> = a
+        .system
+        .as_deref()
+        .map(|s| vec![Message::new("system", s)])
+        .unwrap_or_default();
+    let mut pending: Option<String> = None;
+    if interactive {
+        eprintln!("qwen2 chat: type a message and press Enter; /reset starts over, /exit or Ctrl-D quits.");
+    }
+    loop {
+        let model = load::<P>(&a.model, policy, &device)?;
+        let mut session = ChatSession::with_messages(&model, &tokenizer, &template, messages);
+        let end = chat_loop(
+            &mut session,
+            &opts,
+            policy,
+            interactive,
+            pending.take(),
+            a.system.as_deref(),
+        )?;
+        match end {
+            ChatEnd::Quit => return Ok(()),
+            ChatEnd::NonFinite {
+                error,
+                messages: kept,
+                pending: text,
+            } => match policies.next() {
+                Some(next) => {
+                    eprintln!(
+                        "\nwarning: --precision {policy} produced non-finite values: {error}"
+                    );
+                    eprintln!("warning: falling back to --precision {next} and answering again");
+                    policy = next;
+                    messages = kept;
+                    pending = Some(text);
+                }
+                None => return Err(error.into()),
+            },
+        }
+    }
+}
+
+fn chat_loop<B: burn::prelude::Backend>(
+    session: &mut ChatSession<'_, B>,
+    opts: &ChatOptions,
+    policy: Policy,
+    interactive: bool,
+    mut pending: Option<String>,
+    system: Option<&str>,
+) -> CliResult<ChatEnd> {
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        let line = match pending.take() {
+            Some(text) => text,
+            None => {
+                if interactive {
+                    eprint!("> ");
+                }
+                match lines.next() {
+                    None => {
+                        if interactive {
+                            eprintln!();
+                        }
+                        return Ok(ChatEnd::Quit);
+                    }
+                    Some(line) => line.map_err(|e| format!("reading stdin: {e}"))?,
+                }
+            }
+        };
+        let text = line.trim();
+        match text {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(ChatEnd::Quit),
+            "/reset" => {
+                session.reset();
+                eprintln!(
+                    "(conversation reset{})",
+                    if system.is_some() {
+                        "; system message kept"
+                    } else {
+                        ""
+                    }
+                );
+                continue;
+            }
+            "/help" => {
+                eprintln!("/reset: forget the conversation (the system message stays)\n/exit: quit (or Ctrl-D)");
+                continue;
+            }
+            _ => {}
+        }
+        let before = session.messages().to_vec();
+        match session.send(text, opts, print_flush) {
+            Ok(turn) => {
+                println!();
+                eprintln!("[{}]", turn_stats(&turn, policy));
+            }
+            Err(error) if is_nonfinite(&error) => {
+                return Ok(ChatEnd::NonFinite {
+                    error,
+                    messages: before,
+                    pending: text.to_string(),
+                });
+            }
+            Err(error) => {
+                println!();
+                eprintln!("error: {error}");
+            }
+        }
+    }
+}

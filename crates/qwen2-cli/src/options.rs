@@ -1,0 +1,78 @@
+//! Generation settings from the command line and the model directory's files.
+
+use std::path::Path;
+
+use qwen2_burn::core::generate::GenerateOptions;
+use qwen2_burn::core::monitor::MonitorMode;
+use qwen2_burn::core::text::{GenerationConfig, SamplingOverrides, TextTokenizer};
+use qwen2_burn::core::Qwen2Config;
+
+use crate::args::SamplingArgs;
+use crate::commands::CliResult;
+
+/// Sampling, token budget and eos ids: the flags where given, else `generation_config.json`,
+/// else `config.json` (eos) and `default_max_new_tokens`. `extra_eos` (such as the chat
+/// template's `<|im_end|>`) is added to the eos ids unless `--eos` is given.
+pub fn generate_options(
+    s: &SamplingArgs,
+    dir: &Path,
+    extra_eos: &[u32],
+    default_max_new_tokens: usize,
+) -> CliResult<GenerateOptions> {
+    let gen_config = GenerationConfig::from_model_dir(dir)?;
+    let sampling = gen_config.sampling(&SamplingOverrides {
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repetition_penalty: s.repetition_penalty,
+        seed: s.seed,
+    });
+    sampling
+        .validate()
+        .map_err(|e| format!("--{e}").replace('_', "-"))?;
+    let eos_token_ids = match &s.eos {
+        Some(ids) => ids.clone(),
+        None => {
+            let mut ids = match &gen_config.eos_token_id {
+                Some(ids) => ids.clone(),
+                None => Qwen2Config::from_file(dir.join("config.json"))?.eos_token_ids,
+            };
+            for id in extra_eos {
+                if !ids.contains(id) {
+                    ids.push(*id);
+                }
+            }
+            ids
+        }
+    };
+    let max_new_tokens = s
+        .max_new_tokens
+        .or(gen_config.max_new_tokens)
+        .unwrap_or(default_max_new_tokens);
+    tracing::info!(
+        ?sampling,
+        ?eos_token_ids,
+        max_new_tokens,
+        "generation settings"
+    );
+    Ok(GenerateOptions {
+        max_new_tokens,
+        sampling,
+        eos_token_ids,
+        monitor: Some(MonitorMode::Cheap),
+    })
+}
+
+/// The model directory's tokenizer, with a hint when it has none.
+pub fn model_tokenizer(dir: &Path, why: &str) -> CliResult<TextTokenizer> {
+    TextTokenizer::from_model_dir(dir).map_err(|e| format!("{why} needs a tokenizer: {e}").into())
+}
+
+/// The ids of the ChatML turn markers the tokenizer has, as extra eos ids for chat.
+pub fn chat_end_ids(tokenizer: &TextTokenizer) -> Vec<u32> {
+    ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .filter_map(|t| tokenizer.token_id(t))
+        .collect()
+}
