@@ -13,7 +13,7 @@ mod common;
 use common::*;
 use qwen2_burn::core::monitor::{forward_checked, MonitorMode};
 use qwen2_burn::core::precision::{can_run, Choice};
-use qwen2_burn::core::{Error, LogitsFor, Platform, Policy, Qwen2Model};
+use qwen2_burn::core::{Error, LogitsFor, Platform, Policy};
 
 /// The tolerance for `policy` on fixture `name`, or `None` when the plan must overflow there.
 fn tolerance(name: &str, policy: Policy, backend: &str) -> Option<f32> {
@@ -37,7 +37,7 @@ pub fn run_on<P: Platform>(name: &str, policy: Policy) -> Result<Vec<f32>, Error
         )
     });
     let g = goldens(name);
-    let model = Qwen2Model::<P::B>::load(fixture_dir(name), policy.plan(), &device)?;
+    let model = P::load_model(fixture_dir(name), policy.plan(), &device, &mut |_, _| {})?;
     let logits = forward_checked(&model, &g.prompt_ids, LogitsFor::All, MonitorMode::Cheap)?;
     Ok(logits
         .cast(qwen2_burn::core::burn::tensor::FloatDType::F32)

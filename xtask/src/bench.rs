@@ -149,11 +149,11 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
         r0["gen_tokens"],
         r0["reps"]
     );
-    println!("| backend | precision | load s | prefill tok/s | TTFT ms | decode tok/s | decode bound tok/s | peak RSS MB | prefill × | decode × |");
+    println!("| backend | precision | load s | prefill tok/s | TTFT ms | decode tok/s | decode bound tok/s | peak RSS MB (÷ weights) | prefill × | decode × |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &reports {
         println!(
-            "| {} | {} | {:.2} | {} | {:.0} | {} | {:.1} | {:.0} | {:.2} | {:.2} |",
+            "| {} | {} | {:.2} | {} | {:.0} | {} | {:.1} | {:.0} ({:.2}×) | {:.2} | {:.2} |",
             r["backend"].as_str().unwrap_or("?"),
             r["precision"].as_str().unwrap_or("?"),
             r["load_s"].as_f64().unwrap_or(0.0),
@@ -162,6 +162,7 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
             range(r, "decode_tok_s"),
             r["decode_bound_tok_s"].as_f64().unwrap_or(0.0),
             r["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            r["peak_rss_over_weights"].as_f64().unwrap_or(0.0),
             median(r, "prefill_tok_s") / p0.max(1e-9),
             median(r, "decode_tok_s") / d0.max(1e-9),
         );

@@ -37,20 +37,46 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Memory bandwidth of a large copy (bytes read + written per second), best of 5.
-pub fn copy_bandwidth() -> f64 {
-    let n = 64 << 20; // 256 MiB of f32
+/// Memory bandwidth with every core: (read, copy) in bytes per second, best of 3. Read is a
+/// sum over 512 MiB; copy counts bytes read plus bytes written (the STREAM convention).
+pub fn memory_bandwidth() -> (f64, f64) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = 128 << 20; // 512 MiB of f32
     let src = vec![1.0f32; n];
     let mut dst = vec![0.0f32; n];
-    let mut best = 0.0f64;
-    for _ in 0..5 {
+    let part = n.div_ceil(threads);
+    let (mut read, mut copy) = (0.0f64, 0.0f64);
+    for _ in 0..3 {
         let t = Instant::now();
-        dst.copy_from_slice(&src);
-        let secs = t.elapsed().as_secs_f64();
+        let total: f32 = std::thread::scope(|s| {
+            let handles: Vec<_> = src
+                .chunks(part)
+                .map(|c| {
+                    s.spawn(move || {
+                        let mut acc = [0.0f32; 16];
+                        for block in c.chunks_exact(16) {
+                            for l in 0..16 {
+                                acc[l] += block[l];
+                            }
+                        }
+                        acc.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        std::hint::black_box(total);
+        read = read.max((n * 4) as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for (d, c) in dst.chunks_mut(part).zip(src.chunks(part)) {
+                s.spawn(move || d.copy_from_slice(c));
+            }
+        });
         std::hint::black_box(&dst);
-        best = best.max((2 * n * 4) as f64 / secs);
+        copy = copy.max((2 * n * 4) as f64 / t.elapsed().as_secs_f64());
     }
-    best
+    (read, copy)
 }
 
 /// Bytes of weights one decode step reads: every matrix of every layer plus the lm_head (the
@@ -149,8 +175,23 @@ pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
             decode.push((a.gen - 1) as f64 / d);
         }
     }
-    let bandwidth = copy_bandwidth();
+    // Peak memory of the model run, read before the bandwidth probe allocates its 1 GiB.
+    let peak_rss = proc_status_bytes("VmHWM:");
+    let (read_bandwidth, copy_bandwidth) = memory_bandwidth();
     let weight_bytes = weight_bytes_per_token(&model, model.plan().weights);
+    // Stored weights: what a token reads, plus the embedding when the head is separate.
+    let c = model.config();
+    let element = if model.plan().weights == FloatDType::F32 {
+        4.0
+    } else {
+        2.0
+    };
+    let stored_bytes = weight_bytes
+        + if c.tie_word_embeddings {
+            0.0
+        } else {
+            (c.vocab_size * c.hidden_size) as f64 * element
+        };
     let report = serde_json::json!({
         "backend": P::NAME,
         "precision": policy.name(),
@@ -163,11 +204,14 @@ pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
         "prefill_tok_s": stats(&prefill),
         "ttft_ms": stats(&ttft),
         "decode_tok_s": stats(&decode),
-        "peak_rss_bytes": proc_status_bytes("VmHWM:"),
+        "peak_rss_bytes": peak_rss,
         "rss_before_load_bytes": rss_before,
         "weight_bytes_per_token": weight_bytes,
-        "copy_bandwidth_bytes_s": bandwidth,
-        "decode_bound_tok_s": bandwidth / weight_bytes,
+        "weight_bytes_stored": stored_bytes,
+        "peak_rss_over_weights": peak_rss.map(|p| p as f64 / stored_bytes),
+        "read_bandwidth_bytes_s": read_bandwidth,
+        "copy_bandwidth_bytes_s": copy_bandwidth,
+        "decode_bound_tok_s": read_bandwidth / weight_bytes,
     });
     println!("{report}");
     Ok(())

@@ -155,25 +155,20 @@ pub fn load<P: Platform>(
     let start = Instant::now();
     let show = std::io::stderr().is_terminal();
     let mut drawn = false;
-    let model = Qwen2Model::<P::B>::load_with_progress(
-        &args.model,
-        policy.plan(),
-        device,
-        &mut |done, total| {
-            let secs = start.elapsed().as_secs_f64();
-            if show && (drawn || secs > 0.5) && done < total {
-                let width = 30;
-                let filled = width * done / total;
-                eprint!(
-                    "\rloading {} ({policy}) [{}{}] {done}/{total} {secs:.1}s",
-                    args.model.display(),
-                    "#".repeat(filled),
-                    "-".repeat(width - filled)
-                );
-                drawn = true;
-            }
-        },
-    );
+    let model = P::load_model(&args.model, policy.plan(), device, &mut |done, total| {
+        let secs = start.elapsed().as_secs_f64();
+        if show && (drawn || secs > 0.5) && done < total {
+            let width = 30;
+            let filled = width * done / total;
+            eprint!(
+                "\rloading {} ({policy}) [{}{}] {done}/{total} {secs:.1}s",
+                args.model.display(),
+                "#".repeat(filled),
+                "-".repeat(width - filled)
+            );
+            drawn = true;
+        }
+    });
     if drawn {
         eprint!("\r\x1b[K");
     }

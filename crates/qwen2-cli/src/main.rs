@@ -18,7 +18,20 @@ use clap::Parser;
 /// Exit code when a tensor went non-finite and no fallback was allowed.
 const EXIT_NONFINITE: u8 = 3;
 
+/// Keeps glibc from serving the per-token buffers (logits, activations: 0.1–32 MB) with fresh
+/// `mmap`s: each would be zero-filled page by page and unmapped again, which cost ~15% of a
+/// CPU decode step. Below 32 MB they now come from the heap and are reused.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = args::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("QWEN2_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if cli.verbose { "info" } else { "error" })

@@ -1,6 +1,11 @@
 //! The one trait every backend crate implements.
 
-use crate::precision::{Hardware, PolicyTable};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::model::{MatmulKernel, Qwen2Model};
+use crate::precision::{Hardware, PolicyTable, PrecisionPlan};
 
 /// A compute backend qwen2-burn can run on (CPU, wgpu, CUDA, ...).
 pub trait Platform {
@@ -18,4 +23,24 @@ pub trait Platform {
 
     /// The rules that resolve `--precision auto` on this backend.
     fn policy_table() -> &'static PolicyTable;
+
+    /// This backend's faster matrix products, if it has any (see [`MatmulKernel`]).
+    fn matmul_kernel() -> Option<Arc<dyn MatmulKernel<Self::B>>> {
+        None
+    }
+
+    /// Loads a model and installs [`Platform::matmul_kernel`]; `progress(done, total)` is called
+    /// after each loading step.
+    fn load_model(
+        dir: impl AsRef<Path>,
+        plan: PrecisionPlan,
+        device: &burn::tensor::Device<Self::B>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Qwen2Model<Self::B>> {
+        let mut model = Qwen2Model::load_with_progress(dir, plan, device, progress)?;
+        if let Some(kernel) = Self::matmul_kernel() {
+            model.set_matmul_kernel(kernel);
+        }
+        Ok(model)
+    }
 }

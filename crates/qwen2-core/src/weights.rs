@@ -27,6 +27,36 @@ struct Shard {
     tensors: HashMap<String, safetensors::tensor::TensorInfo>,
 }
 
+impl Shard {
+    /// Tells the OS that the mapped bytes `offset..offset + len` are no longer needed, so the
+    /// file's pages do not stay resident next to the converted copy (peak memory at load is then
+    /// about the weights once, not twice). The mapping is read-only and file-backed: a later
+    /// read of the range would load it from the file again, so nothing is lost.
+    fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        {
+            const PAGE: usize = 4096;
+            let begin = offset / PAGE * PAGE;
+            let end = (offset + len).div_ceil(PAGE) * PAGE;
+            let end = end.min(self.map.len());
+            if end > begin {
+                // SAFETY: a read-only private file mapping; MADV_DONTNEED only drops pages that
+                // are re-read from the file on the next access, and no reference into the
+                // range outlives this call (the converted data is an owned copy).
+                let _ = unsafe {
+                    self.map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        begin,
+                        end - begin,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (offset, len);
+    }
+}
+
 /// An opened checkpoint: every shard mapped, every header parsed and validated.
 pub struct Checkpoint {
     shards: Vec<Shard>,
@@ -208,6 +238,7 @@ impl Checkpoint {
                 )))
             }
         };
+        shard.release(shard.data_start + start, end - start);
         Ok(data)
     }
 }

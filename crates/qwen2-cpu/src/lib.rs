@@ -1,5 +1,7 @@
 //! The CPU backend of qwen2-burn: burn-flex (f32, f16 and bf16; SIMD; multi-threaded with rayon).
 
+mod gemv;
+
 use burn_flex::{Flex, FlexDevice};
 use qwen2_core::precision::{DeviceKind, Hardware, Policy, PolicyTable, Rule};
 use qwen2_core::Platform;
@@ -9,22 +11,28 @@ pub use burn_flex::{Flex as Backend, FlexDevice as Device};
 /// The CPU platform.
 pub struct Cpu;
 
-/// The CPU rules. burn-flex computes f16 and bf16 by converting to f32, so lower precision saves
-/// memory but not time, and costs accuracy: f32 until a benchmark shows otherwise.
+/// The CPU rules. burn-flex computes many-row f16 and bf16 products by converting to f32, so
+/// lower precision saves memory and (through the one-row kernel) decode time, but costs prefill
+/// time and accuracy: f32 until bf16 prefill is fast too (see the README's benchmarks).
 pub static CPU_POLICY_TABLE: PolicyTable = PolicyTable {
     backend: "cpu",
     rules: &[Rule {
         name: "cpu-f32",
         applies: |hw| hw.kind == DeviceKind::Cpu,
         policy: Policy::F32,
-        reason: "CPU: burn-flex computes f16/bf16 by converting to f32, so f32 is the fastest and exact plan \
-                 (no benchmark yet shows a lower-precision plan both faster and within tolerance here)",
+        reason: "CPU: f32 is exact and prefills fastest (burn-flex converts bf16/f16 to f32 in every \
+                 many-row matmul); bf16 decodes ~1.5x faster on the 0.5B benchmark but prefills ~2.4x \
+                 slower, so f32 stays the default until bf16 prefill kernels land",
     }],
 };
 
 impl Platform for Cpu {
     type B = Flex;
     const NAME: &'static str = "cpu";
+
+    fn matmul_kernel() -> Option<std::sync::Arc<dyn qwen2_core::model::MatmulKernel<Flex>>> {
+        Some(gemv::kernel())
+    }
 
     fn devices() -> Vec<FlexDevice> {
         vec![FlexDevice]

@@ -15,7 +15,7 @@ use burn::tensor::TensorData;
 
 pub use attention::Attention;
 pub use layer::DecoderLayer;
-pub use linear::Linear;
+pub use linear::{Linear, MatmulKernel};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
 pub use rope::{inverse_frequencies, Rope};
@@ -134,6 +134,7 @@ impl<B: Backend> Qwen2Model<B> {
             Linear {
                 weight: embed_tokens.clone().transpose(),
                 bias: None,
+                kernel: None,
             }
         } else {
             return Err(Error::MissingTensor {
@@ -153,6 +154,27 @@ impl<B: Backend> Qwen2Model<B> {
             plan,
             device: device.clone(),
         })
+    }
+
+    /// Routes every projection (q/k/v/o, gate/up/down, lm_head) through `kernel` where it
+    /// handles the shape; the backend crates install theirs at load.
+    pub fn set_matmul_kernel(&mut self, kernel: std::sync::Arc<dyn MatmulKernel<B>>) {
+        for layer in &mut self.layers {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            for linear in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                linear.kernel = Some(kernel.clone());
+            }
+        }
+        self.lm_head.kernel = Some(kernel);
     }
 
     /// The validated config.

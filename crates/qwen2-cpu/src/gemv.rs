@@ -1,0 +1,248 @@
+//! One-row matrix products (`[1, in] × [in, out]`) for decode steps on the CPU.
+//!
+//! A decode step reads every weight once, so its speed is memory bandwidth. The generic gemm
+//! behind burn-flex's matmul reaches about half of the machine's bandwidth at one row; these
+//! loops stream each weight matrix once, split across the rayon pool, with f32 accumulation
+//! (bf16 weights are widened in registers, which is exact).
+
+use std::sync::Arc;
+
+use burn::prelude::Tensor;
+use burn::tensor::{DType, FloatDType, TensorData};
+use burn_flex::{Flex, FlexTensor};
+use half::bf16;
+use qwen2_core::model::MatmulKernel;
+use rayon::prelude::*;
+
+/// The CPU's [`MatmulKernel`]: one-row products with f32 or bf16 weights, stored `[in, out]`
+/// or as the transposed view of an `[out, in]` matrix (the tied lm_head).
+pub struct CpuGemv;
+
+/// A kernel for [`qwen2_core::Platform::matmul_kernel`].
+pub fn kernel() -> Arc<dyn MatmulKernel<Flex>> {
+    Arc::new(CpuGemv)
+}
+
+/// Weight elements the kernel can read.
+trait Weight: Copy + Send + Sync + bytemuck::Pod {
+    fn f32(self) -> f32;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+}
+
+impl MatmulKernel<Flex> for CpuGemv {
+    fn matmul(
+        &self,
+        x: &Tensor<Flex, 2>,
+        weight: &Tensor<Flex, 2>,
+        compute: FloatDType,
+    ) -> Option<Tensor<Flex, 2>> {
+        let [m, k] = x.dims();
+        let [k_w, n] = weight.dims();
+        if m != 1 || k != k_w || !matches!(compute, FloatDType::F32 | FloatDType::BF16) {
+            return None;
+        }
+        let w: FlexTensor = weight.clone().into_primitive().tensor();
+        // The weight must already be in the compute dtype (no per-call conversion).
+        let wanted = match compute {
+            FloatDType::F32 => DType::F32,
+            _ => DType::BF16,
+        };
+        if w.dtype() != wanted {
+            return None;
+        }
+        let layout = w.layout();
+        let (rs, cs, off) = (
+            layout.strides()[0],
+            layout.strides()[1],
+            layout.start_offset(),
+        );
+        let xs: Vec<f32> = x
+            .clone()
+            .cast(FloatDType::F32)
+            .into_data()
+            .to_vec::<f32>()
+            .ok()?;
+        let mut y = vec![0.0f32; n];
+        let rows_in = cs == 1 && rs == n as isize;
+        let rows_out = rs == 1 && cs == k as isize;
+        match (w.dtype(), rows_in, rows_out) {
+            (DType::F32, true, _) => axpy_rows(&xs, &w.storage::<f32>()[off..], n, &mut y),
+            (DType::F32, _, true) => dot_rows(&xs, &w.storage::<f32>()[off..], k, &mut y),
+            (DType::BF16, true, _) => axpy_rows(&xs, &w.storage::<bf16>()[off..], n, &mut y),
+            (DType::BF16, _, true) => dot_rows(&xs, &w.storage::<bf16>()[off..], k, &mut y),
+            _ => return None,
+        }
+        let out = Tensor::<Flex, 2>::from_data(TensorData::new(y, [1, n]), &x.device());
+        Some(match compute {
+            FloatDType::F32 => out,
+            other => out.cast(other),
+        })
+    }
+}
+
+/// Columns per task: enough tasks to balance the pool, each a long contiguous run.
+fn chunk_len(n: usize) -> usize {
+    let tasks = rayon::current_num_threads() * 2;
+    n.div_ceil(tasks).next_multiple_of(16).max(64)
+}
+
+/// `y[j] = Σ_i x[i] w[i * n + j]`: each task owns a range of columns and streams its part of
+/// every row.
+fn axpy_rows<W: Weight>(x: &[f32], w: &[W], n: usize, y: &mut [f32]) {
+    let chunk = chunk_len(n);
+    y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
+        let j0 = c * chunk;
+        for (i, &xi) in x.iter().enumerate() {
+            let row = &w[i * n + j0..i * n + j0 + ys.len()];
+            axpy(xi, row, ys);
+        }
+    });
+}
+
+#[inline(always)]
+fn axpy<W: Weight>(a: f32, row: &[W], ys: &mut [f32]) {
+    for (y, &w) in ys.iter_mut().zip(row) {
+        *y += a * w.f32();
+    }
+}
+
+/// `y[j] = Σ_i x[i] w[j * k + i]`: dot products with contiguous rows, each task streaming a
+/// contiguous block of rows.
+fn dot_rows<W: Weight>(x: &[f32], w: &[W], k: usize, y: &mut [f32]) {
+    let chunk = chunk_len(y.len()).min(4096);
+    let block: fn(&[f32], &[W], usize, &mut [f32], usize) = pick_dot_block::<W>();
+    y.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(c, ys)| block(x, w, k, ys, c * chunk));
+}
+
+/// The fastest `dot_block` this CPU runs.
+fn pick_dot_block<W: Weight>() -> fn(&[f32], &[W], usize, &mut [f32], usize) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return |x, w, k, ys, j0| {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            unsafe { dot_block_avx2(x, w, k, ys, j0) }
+        };
+    }
+    dot_block::<W>
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_block_avx2<W: Weight>(x: &[f32], w: &[W], k: usize, ys: &mut [f32], j0: usize) {
+    dot_block(x, w, k, ys, j0)
+}
+
+#[inline(always)]
+fn dot_block<W: Weight>(x: &[f32], w: &[W], k: usize, ys: &mut [f32], j0: usize) {
+    for (jj, out) in ys.iter_mut().enumerate() {
+        let j = j0 + jj;
+        *out = dot(x, &w[j * k..j * k + k]);
+    }
+}
+
+/// A dot product with 16 independent partial sums, so it vectorizes.
+#[inline(always)]
+fn dot<W: Weight>(x: &[f32], row: &[W]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let xc = x.chunks_exact(16);
+    let rc = row.chunks_exact(16);
+    let (xr, rr) = (xc.remainder(), rc.remainder());
+    for (xs, ws) in xc.zip(rc) {
+        for l in 0..16 {
+            acc[l] += xs[l] * ws[l].f32();
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (a, w) in xr.iter().zip(rr) {
+        sum += a * w.f32();
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn max_diff(a: Tensor<Flex, 2>, b: Tensor<Flex, 2>) -> f32 {
+        let a = a.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+        let b = b.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn one_row_products_equal_burns_matmul() {
+        let dev = Default::default();
+        for (k, n) in [(64usize, 96usize), (37, 1000), (896, 128), (200, 7)] {
+            let x = Tensor::<Flex, 2>::random([1, k], Distribution::Normal(0.0, 1.0), &dev);
+            let w = Tensor::<Flex, 2>::random([k, n], Distribution::Normal(0.0, 1.0), &dev);
+            let wt = Tensor::<Flex, 2>::random([n, k], Distribution::Normal(0.0, 1.0), &dev);
+            // f32, [in, out] and the transposed view of [out, in]: f32 rounding only.
+            for weight in [w.clone(), wt.clone().transpose()] {
+                let fast = CpuGemv
+                    .matmul(&x, &weight, FloatDType::F32)
+                    .expect("handled");
+                let reference = x.clone().matmul(weight.clone());
+                assert!(
+                    max_diff(fast, reference) < 1e-4 * (k as f32).sqrt(),
+                    "f32 {k}x{n}"
+                );
+            }
+            // bf16 weights and input, f32 accumulation, bf16 result: within bf16 rounding.
+            let xb = x.clone().cast(FloatDType::BF16);
+            for weight in [w.clone(), wt.clone().transpose()] {
+                let wb = weight.cast(FloatDType::BF16);
+                let fast = CpuGemv.matmul(&xb, &wb, FloatDType::BF16).expect("handled");
+                let reference = xb
+                    .clone()
+                    .cast(FloatDType::F32)
+                    .matmul(wb.clone().cast(FloatDType::F32));
+                let scale = reference.clone().abs().max().into_scalar();
+                assert!(
+                    max_diff(fast, reference) <= scale * 2.0f32.powi(-8),
+                    "bf16 {k}x{n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn other_shapes_and_dtypes_are_left_to_burn() {
+        let dev = Default::default();
+        let x2 = Tensor::<Flex, 2>::random([2, 8], Distribution::Default, &dev);
+        let w = Tensor::<Flex, 2>::random([8, 4], Distribution::Default, &dev);
+        assert!(
+            CpuGemv.matmul(&x2, &w, FloatDType::F32).is_none(),
+            "two rows"
+        );
+        let x1 = Tensor::<Flex, 2>::random([1, 8], Distribution::Default, &dev);
+        let wh = w.clone().cast(FloatDType::F16);
+        assert!(
+            CpuGemv.matmul(&x1, &wh, FloatDType::F32).is_none(),
+            "f16 weights"
+        );
+        assert!(
+            CpuGemv.matmul(&x1, &w, FloatDType::F16).is_none(),
+            "f16 compute"
+        );
+    }
+}
