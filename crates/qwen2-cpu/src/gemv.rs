@@ -51,8 +51,11 @@ impl MatmulKernel<Flex> for CpuGemv {
     ) -> Option<Tensor<Flex, 2>> {
         let [m, k] = x.dims();
         let [k_w, n] = weight.dims();
-        if m != 1 || k != k_w || !matches!(compute, FloatDType::F32 | FloatDType::BF16) {
+        if k != k_w || !matches!(compute, FloatDType::F32 | FloatDType::BF16) {
             return None;
+        }
+        if m > 1 {
+            return widened_bf16_matmul(x, weight, compute);
         }
         let w: FlexTensor = weight.clone().into_primitive().tensor();
         // The weight must already be in the compute dtype (no per-call conversion).
@@ -91,6 +94,37 @@ impl MatmulKernel<Flex> for CpuGemv {
             other => out.cast(other),
         })
     }
+}
+
+/// Many rows with bf16 weights (prefill under the bf16 plan): widens the weight into a
+/// contiguous f32 copy with a vectorized pass and runs burn's f32 gemm on it, then rounds the
+/// result to bf16. The same arithmetic as burn-flex's bf16 matmul (exact widening, f32
+/// accumulation), which widens element by element through the strided view instead.
+fn widened_bf16_matmul(
+    x: &Tensor<Flex, 2>,
+    weight: &Tensor<Flex, 2>,
+    compute: FloatDType,
+) -> Option<Tensor<Flex, 2>> {
+    let [k, n] = weight.dims();
+    let w: FlexTensor = weight.clone().into_primitive().tensor();
+    let layout = w.layout();
+    let rows_out = layout.strides() == [1, k as isize];
+    if compute != FloatDType::BF16 || w.dtype() != DType::BF16 || !rows_out {
+        return None;
+    }
+    let off = layout.start_offset();
+    let src = &w.storage::<bf16>()[off..off + n * k];
+    let mut wide = vec![0.0f32; n * k];
+    wide.par_chunks_mut(1 << 16)
+        .zip(src.par_chunks(1 << 16))
+        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d = s.f32()));
+    let wide = Tensor::<Flex, 2>::from_data(TensorData::new(wide, [n, k]), &x.device());
+    Some(
+        x.clone()
+            .cast(FloatDType::F32)
+            .matmul(wide.transpose())
+            .cast(FloatDType::BF16),
+    )
 }
 
 /// Columns per task: enough tasks to balance the pool, each a long contiguous run.
@@ -223,6 +257,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn many_row_bf16_products_equal_burns_bf16_matmul() {
+        let dev = Default::default();
+        let x = Tensor::<Flex, 2>::random([5, 40], Distribution::Normal(0.0, 1.0), &dev)
+            .cast(FloatDType::BF16);
+        let w = Tensor::<Flex, 2>::random([72, 40], Distribution::Normal(0.0, 1.0), &dev)
+            .cast(FloatDType::BF16)
+            .transpose();
+        let fast = CpuGemv.matmul(&x, &w, FloatDType::BF16).expect("handled");
+        let reference = x.clone().matmul(w.clone());
+        assert_eq!(fast.dims(), [5, 72]);
+        assert_eq!(max_diff(fast, reference), 0.0, "same arithmetic, same bits");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub static CPU_POLICY_TABLE: PolicyTable = PolicyTable {
         applies: |hw| hw.kind == DeviceKind::Cpu,
         policy: Policy::F32,
         reason: "CPU: f32 is exact and prefills fastest (burn-flex converts bf16/f16 to f32 in every \
-                 many-row matmul); bf16 decodes ~1.5x faster on the 0.5B benchmark but prefills ~2.4x \
+                 many-row matmul); bf16 decodes ~1.5x faster on the 0.5B benchmark but prefills ~1.4x \
                  slower, so f32 stays the default until bf16 prefill kernels land",
     }],
 };
