@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::json_ids;
+
 use common::{fixture_dir, B};
 use qwen2_burn::core::chat::{ChatOptions, ChatSession};
 use qwen2_burn::core::generate::{generate_in_cache, Flow, GenerateOptions};
@@ -31,14 +33,6 @@ fn conversation(name: &str) -> Vec<Message> {
     serde_json::from_value(g["conversations"][name].clone()).unwrap()
 }
 
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn greedy(max_new_tokens: usize) -> ChatOptions {
     ChatOptions {
         generate: GenerateOptions {
@@ -64,7 +58,10 @@ fn chat_turn_matches_hf_greedy_generation() {
             )
             .unwrap();
         assert_eq!(rendered, chat["prompt_text"].as_str().unwrap());
-        assert_eq!(tok.encode(&rendered).unwrap(), ids(&chat["prompt_ids"]));
+        assert_eq!(
+            tok.encode(&rendered).unwrap(),
+            json_ids(&chat["prompt_ids"])
+        );
         let mut session = ChatSession::with_messages(&model, &tok, &template, messages);
         let mut streamed = String::new();
         let turn = session
@@ -72,14 +69,14 @@ fn chat_turn_matches_hf_greedy_generation() {
             .unwrap();
         assert_eq!(
             turn.generation.ids,
-            ids(&chat["greedy_ids"]),
+            json_ids(&chat["greedy_ids"]),
             "{}",
             chat["conversation"]
         );
         assert_eq!(turn.reply, chat["greedy_text"].as_str().unwrap());
         assert_eq!(streamed, turn.reply);
         assert_eq!(turn.reused_tokens, 0);
-        assert_eq!(turn.prefilled_tokens, ids(&chat["prompt_ids"]).len());
+        assert_eq!(turn.prefilled_tokens, json_ids(&chat["prompt_ids"]).len());
     }
 }
 

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::json_ids;
+
 use common::fixture_dir;
 use qwen2_burn::core::text::{ChatTemplate, Message, TextStream, TextTokenizer};
 use qwen2_burn::core::Error;
@@ -17,14 +19,6 @@ fn qwen_tokenizer() -> &'static TextTokenizer {
     TOKENIZER.get_or_init(|| {
         TextTokenizer::from_file(fixture_dir("qwen-tokenizer").join("tokenizer.json.gz")).unwrap()
     })
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]
@@ -51,7 +45,7 @@ fn encoding_and_decoding_match_hf_tokenizers_on_varied_text() {
     assert!(cases.len() >= 15);
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let want = ids(&case["ids"]);
+        let want = json_ids(&case["ids"]);
         assert_eq!(t.encode(text).unwrap(), want, "ids of {text:?}");
         assert_eq!(t.decode(&want, false).unwrap(), case["decoded"], "{text:?}");
         assert_eq!(

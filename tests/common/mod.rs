@@ -35,6 +35,15 @@ pub fn fixture_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A JSON array of token ids.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
 /// A number recorded in `goldens.json` (e.g. `hf_bf16_max_abs_err`); `None` when null.
 pub fn hf_err(name: &str, key: &str) -> Option<f32> {
     facts(name)[key].as_f64().map(|v| v as f32)

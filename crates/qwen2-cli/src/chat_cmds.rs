@@ -4,10 +4,10 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use qwen2_burn::core::chat::{ChatOptions, ChatSession, ChatTurn};
 use qwen2_burn::core::fallback::{is_nonfinite, run_with_fallback};
-use qwen2_burn::core::text::{ChatTemplate, Message};
+use qwen2_burn::core::text::{ChatTemplate, Message, TextTokenizer};
 use qwen2_burn::core::{Platform, Policy};
 
-use crate::args::{ChatArgs, RunArgs};
+use crate::args::{ChatArgs, RunArgs, SamplingArgs};
 use crate::commands::{device_of, fallback_json, load, report_fallbacks, resolve, CliResult};
 use crate::options::{chat_end_ids, generate_options, model_tokenizer};
 
@@ -33,22 +33,31 @@ fn turn_stats(turn: &ChatTurn, policy: Policy) -> String {
     )
 }
 
-pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
-    let device = device_of::<P>()?;
-    let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
-    let dir = &a.model.model;
-    let tokenizer = model_tokenizer(dir, "qwen2 run")?;
+/// The model directory's tokenizer and chat template, and the settings of every reply.
+fn chat_setup(
+    dir: &std::path::Path,
+    sampling: &SamplingArgs,
+    command: &str,
+) -> CliResult<(TextTokenizer, ChatTemplate, ChatOptions)> {
+    let tokenizer = model_tokenizer(dir, command)?;
     let template = ChatTemplate::from_model_dir(dir)?;
     let opts = ChatOptions {
         generate: generate_options(
-            &a.sampling,
+            sampling,
             dir,
             &chat_end_ids(&tokenizer),
             DEFAULT_REPLY_TOKENS,
         )?,
-        stop_strings: a.sampling.stop.clone(),
+        stop_strings: sampling.stop.clone(),
         template_vars: Default::default(),
     };
+    Ok((tokenizer, template, opts))
+}
+
+pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
+    let device = device_of::<P>()?;
+    let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
+    let (tokenizer, template, opts) = chat_setup(&a.model.model, &a.sampling, "qwen2 run")?;
     // Stream only when no fallback can restart the reply halfway.
     let stream = !a.json && (!fallback || resolved.fallbacks.is_empty());
     let outcome = run_with_fallback(&resolved, fallback, |policy| {
@@ -104,19 +113,7 @@ enum ChatEnd {
 pub fn chat_cmd<P: Platform>(a: ChatArgs) -> CliResult {
     let device = device_of::<P>()?;
     let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
-    let dir = &a.model.model;
-    let tokenizer = model_tokenizer(dir, "qwen2 chat")?;
-    let template = ChatTemplate::from_model_dir(dir)?;
-    let opts = ChatOptions {
-        generate: generate_options(
-            &a.sampling,
-            dir,
-            &chat_end_ids(&tokenizer),
-            DEFAULT_REPLY_TOKENS,
-        )?,
-        stop_strings: a.sampling.stop.clone(),
-        template_vars: Default::default(),
-    };
+    let (tokenizer, template, opts) = chat_setup(&a.model.model, &a.sampling, "qwen2 chat")?;
     let interactive = std::io::stdin().is_terminal();
     let mut policies = std::iter::once(resolved.policy).chain(if fallback {
         resolved.fallbacks.clone()
