@@ -314,3 +314,44 @@ fn help_lists_the_text_commands_and_sampling_flags() {
         assert!(help.contains(flag), "run --help lacks {flag}");
     }
 }
+
+#[test]
+fn bench_prints_one_json_report() {
+    let dir = fixture("tiny-chat");
+    let ids = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ids.path(), "5, 6 7\n8,9").unwrap();
+    let out = stdout(&qwen2(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--ids",
+        ids.path().to_str().unwrap(),
+        "--gen",
+        "4",
+        "--reps",
+        "2",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["prompt_tokens"], 5);
+    assert_eq!(
+        (v["gen_tokens"].as_u64(), v["reps"].as_u64()),
+        (Some(4), Some(2))
+    );
+    for key in ["prefill_tok_s", "decode_tok_s", "ttft_ms"] {
+        let median = v[key]["median"].as_f64().unwrap();
+        assert!(
+            median > 0.0 && median >= v[key]["min"].as_f64().unwrap(),
+            "{key}: {v}"
+        );
+    }
+    assert!(v["peak_rss_bytes"].as_f64().unwrap() > 0.0);
+    assert!(v["decode_bound_tok_s"].as_f64().unwrap() > 0.0);
+    let err = failure(&qwen2(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--gen",
+        "300",
+    ]));
+    assert!(err.contains("exceeds the context"), "{err}");
+}
