@@ -32,59 +32,59 @@ fn usage() -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Runs a script of `scripts/` with `$PYTHON` (default `python3`) from the repository root.
+fn run_python(script: &str, args: &[&str], needs: &str) -> ExitCode {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    match Command::new(&python)
+        .current_dir(root())
+        .arg(script)
+        .args(args)
+        .status()
+    {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(s) => {
+            eprintln!("xtask: {script} failed ({s}; it {needs})");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("xtask: cannot run {python}: {e} (set PYTHON to your interpreter)");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("fixtures") => {
-            let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-            let model_fixtures = Command::new(&python)
-                .current_dir(root())
-                .arg("scripts/make_fixtures.py")
-                .args(["--out", "tests/fixtures"])
-                .args(&args[1..])
-                .status();
-            // Tokenizers, chat templates and sampling goldens (needs tiny-chat from the first).
-            let text_fixtures = || {
-                Command::new(&python)
-                    .current_dir(root())
-                    .arg("scripts/make_text_fixtures.py")
-                    .args(["--out", "tests/fixtures"])
-                    .status()
-            };
-            match model_fixtures.and_then(|s| if s.success() { text_fixtures() } else { Ok(s) }) {
-                Ok(s) if s.success() => ExitCode::SUCCESS,
-                Ok(s) => {
-                    eprintln!("xtask: a fixture script failed ({s})");
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("xtask: cannot run {python}: {e} (set PYTHON to your interpreter)");
-                    ExitCode::FAILURE
-                }
+            let fixture_args: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+            let model_fixtures = run_python(
+                "scripts/make_fixtures.py",
+                &[&["--out", "tests/fixtures"], &fixture_args[..]].concat(),
+                "needs torch, transformers, safetensors, numpy",
+            );
+            if model_fixtures != ExitCode::SUCCESS {
+                return model_fixtures;
             }
+            // Tokenizers, chat templates and sampling goldens (needs tiny-chat from the first).
+            run_python(
+                "scripts/make_text_fixtures.py",
+                &["--out", "tests/fixtures"],
+                "needs torch, transformers, tokenizers and npm",
+            )
         }
         Some("bench") => bench::run(&root(), &args[1..]),
-        Some("bench-model") => {
-            let out = match (args.get(1).map(String::as_str), args.get(2)) {
-                (Some("--out"), Some(dir)) => dir.clone(),
-                _ => {
-                    eprintln!("usage: cargo xtask bench-model --out DIR");
-                    return ExitCode::from(2);
-                }
-            };
-            let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-            match Command::new(&python)
-                .current_dir(root())
-                .args(["scripts/make_bench_model.py", "--out", &out])
-                .status()
-            {
-                Ok(s) if s.success() => ExitCode::SUCCESS,
-                _ => {
-                    eprintln!("xtask: scripts/make_bench_model.py failed (needs torch, transformers, safetensors)");
-                    ExitCode::FAILURE
-                }
+        Some("bench-model") => match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some("--out"), Some(dir)) => run_python(
+                "scripts/make_bench_model.py",
+                &["--out", dir],
+                "needs torch, transformers, safetensors",
+            ),
+            _ => {
+                eprintln!("usage: cargo xtask bench-model --out DIR");
+                ExitCode::from(2)
             }
-        }
+        },
         Some("gpu-check") => {
             let out = match args.get(1).map(String::as_str) {
                 Some("--out") => args.get(2).map(PathBuf::from),

@@ -123,6 +123,17 @@ fn prompt_ids(a: &BenchArgs, vocab: usize) -> CliResult<Vec<u32>> {
         .collect())
 }
 
+/// Logits `[1, vocab]` in any dtype, read back as f32.
+fn host_logits<B: burn::prelude::Backend>(
+    logits: burn::prelude::Tensor<B, 2>,
+) -> CliResult<Vec<f32>> {
+    Ok(logits
+        .cast(FloatDType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| format!("reading logits back: {e:?}"))?)
+}
+
 pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
     let device = device_of::<P>()?;
     let (resolved, _) = resolve::<P>(&a.model, &device)?;
@@ -144,22 +155,14 @@ pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
         let mut cache = model.new_cache(needed);
         let t = Instant::now();
         let logits = model.forward(&prompt, &mut cache, LogitsFor::Last)?;
-        let logits = logits
-            .cast(FloatDType::F32)
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| format!("{e:?}"))?;
+        let logits = host_logits(logits)?;
         let prefill = t.elapsed().as_secs_f64();
         let mut next = argmax(&logits);
         let ttft = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 1..gen {
             let logits = model.forward(&[next], &mut cache, LogitsFor::Last)?;
-            let logits = logits
-                .cast(FloatDType::F32)
-                .into_data()
-                .to_vec::<f32>()
-                .map_err(|e| format!("{e:?}"))?;
+            let logits = host_logits(logits)?;
             next = argmax(&logits);
         }
         Ok((prefill, ttft, t.elapsed().as_secs_f64()))

@@ -1,6 +1,6 @@
 //! `qwen2 run` (one prompt through the chat template) and `qwen2 chat` (interactive).
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 
 use qwen2_burn::core::chat::{ChatOptions, ChatSession, ChatTurn};
 use qwen2_burn::core::fallback::{is_nonfinite, run_with_fallback};
@@ -8,17 +8,13 @@ use qwen2_burn::core::text::{ChatTemplate, Message, TextTokenizer};
 use qwen2_burn::core::{Platform, Policy};
 
 use crate::args::{ChatArgs, RunArgs, SamplingArgs};
-use crate::commands::{device_of, fallback_json, load, report_fallbacks, resolve, CliResult};
+use crate::commands::{
+    device_of, fallback_json, load, print_flush, report_fallbacks, resolve, CliResult,
+};
 use crate::options::{chat_end_ids, generate_options, model_tokenizer};
 
 /// Replies are capped at this many tokens unless told otherwise.
 const DEFAULT_REPLY_TOKENS: usize = 512;
-
-fn print_flush(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
-}
 
 fn turn_stats(turn: &ChatTurn, policy: Policy) -> String {
     let g = &turn.generation;

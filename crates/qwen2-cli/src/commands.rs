@@ -339,7 +339,8 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
     Ok(())
 }
 
-fn print_flush(text: &str) {
+/// Prints streamed text at once (stdout is line-buffered otherwise).
+pub fn print_flush(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
