@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::model::{MatmulKernel, Qwen2Model};
+use crate::model::{FusedKernels, MatmulKernel, Qwen2Model};
 use crate::precision::{Hardware, PolicyTable, PrecisionPlan};
 
 /// A compute backend qwen2-burn can run on (CPU, wgpu, CUDA, ...).
@@ -29,7 +29,12 @@ pub trait Platform {
         None
     }
 
-    /// Loads a model and installs [`Platform::matmul_kernel`]; `progress(done, total)` is called
+    /// This backend's fused SwiGLU, RoPE and attention, if it has them (see [`FusedKernels`]).
+    fn fused_kernels() -> Option<Arc<dyn FusedKernels<Self::B>>> {
+        None
+    }
+
+    /// Loads a model and installs [`Platform::matmul_kernel`] and [`Platform::fused_kernels`]; `progress(done, total)` is called
     /// after each loading step.
     fn load_model(
         dir: impl AsRef<Path>,
@@ -40,6 +45,9 @@ pub trait Platform {
         let mut model = Qwen2Model::load_with_progress(dir, plan, device, progress)?;
         if let Some(kernel) = Self::matmul_kernel() {
             model.set_matmul_kernel(kernel);
+        }
+        if let Some(kernels) = Self::fused_kernels() {
+            model.set_fused_kernels(kernels);
         }
         Ok(model)
     }

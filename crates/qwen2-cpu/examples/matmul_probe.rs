@@ -45,6 +45,9 @@ fn main() {
         time(&format!("f32 [128,{k}] x [{k},{n}] contiguous"), || {
             x8.clone().matmul(w.clone())
         });
+        time(&format!("f32 [128,{k}] x [{n},{k}]^T view"), || {
+            x8.clone().matmul(wt_src.clone().transpose())
+        });
         let x8b = x8.clone().cast(FloatDType::BF16);
         time(&format!("bf16 [128,{k}] x [{k},{n}] contiguous"), || {
             x8b.clone().matmul(wb.clone())

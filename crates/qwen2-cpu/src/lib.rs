@@ -1,5 +1,6 @@
 //! The CPU backend of qwen2-burn: burn-flex (f32, f16 and bf16; SIMD; multi-threaded with rayon).
 
+mod fused;
 mod gemv;
 
 use burn_flex::{Flex, FlexDevice};
@@ -32,6 +33,10 @@ impl Platform for Cpu {
 
     fn matmul_kernel() -> Option<std::sync::Arc<dyn qwen2_core::model::MatmulKernel<Flex>>> {
         Some(gemv::kernel())
+    }
+
+    fn fused_kernels() -> Option<std::sync::Arc<dyn qwen2_core::model::FusedKernels<Flex>>> {
+        Some(fused::kernels())
     }
 
     fn devices() -> Vec<FlexDevice> {

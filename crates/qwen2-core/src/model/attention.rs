@@ -4,6 +4,9 @@ use burn::prelude::{Backend, Tensor};
 use burn::tensor::activation::softmax;
 use burn::tensor::{FloatDType, TensorData};
 
+use std::sync::Arc;
+
+use super::fused::FusedKernels;
 use super::linear::Linear;
 use super::rope::Rope;
 use crate::config::Qwen2Config;
@@ -22,6 +25,8 @@ pub struct Attention<B: Backend> {
     pub v_proj: Linear<B>,
     /// `[heads * head_dim, hidden]`, no bias.
     pub o_proj: Linear<B>,
+    /// Fused RoPE and attention, installed by the backend.
+    pub kernels: Option<Arc<dyn FusedKernels<B>>>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -49,6 +54,7 @@ impl<B: Backend> Attention<B> {
             k_proj: lin("k_proj", h, kv, true)?,
             v_proj: lin("v_proj", h, kv, true)?,
             o_proj: lin("o_proj", q, h, false)?,
+            kernels: None,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
@@ -70,6 +76,18 @@ impl<B: Backend> Attention<B> {
         let rep = h / kvh;
         let start = cache.len();
         let split_heads = |t: Tensor<B, 2>, n: usize| t.reshape([seq, n, d]).swap_dims(0, 1);
+
+        if let Some(k) = self.kernels.as_ref().filter(|k| k.attention_supported(plan)) {
+            let q = self.q_proj.forward(x.clone(), plan.matmul);
+            let q = k.rope(&q, h, &rope.cos, &rope.sin, start);
+            let key = self.k_proj.forward(x.clone(), plan.matmul);
+            let key = k.rope(&key, kvh, &rope.cos, &rope.sin, start);
+            let v = self.v_proj.forward(x, plan.matmul);
+            let (keys, values) =
+                cache.append(layer, split_heads(key, kvh), split_heads(v, kvh));
+            let out = k.attention(&q, &keys, &values, start, plan);
+            return self.o_proj.forward(out, plan.residual_projection);
+        }
 
         let q = split_heads(self.q_proj.forward(x.clone(), plan.matmul), h);
         let k = split_heads(self.k_proj.forward(x.clone(), plan.matmul), kvh);

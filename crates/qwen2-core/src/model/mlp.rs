@@ -4,6 +4,9 @@ use burn::prelude::{Backend, Tensor};
 use burn::tensor::activation::silu;
 use burn::tensor::FloatDType;
 
+use std::sync::Arc;
+
+use super::fused::FusedKernels;
 use super::linear::Linear;
 use crate::config::Qwen2Config;
 use crate::error::Result;
@@ -18,6 +21,8 @@ pub struct Mlp<B: Backend> {
     pub up_proj: Linear<B>,
     /// `[intermediate, hidden]`, no bias.
     pub down_proj: Linear<B>,
+    /// A fused SwiGLU, installed by the backend.
+    pub kernels: Option<Arc<dyn FusedKernels<B>>>,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -45,6 +50,7 @@ impl<B: Backend> Mlp<B> {
             gate_proj: lin("gate_proj", h, i)?,
             up_proj: lin("up_proj", h, i)?,
             down_proj: lin("down_proj", i, h)?,
+            kernels: None,
         })
     }
 
@@ -62,7 +68,11 @@ impl<B: Backend> Mlp<B> {
         observe(obs, Site::layer(layer, Op::MlpGate), &gate);
         let up = self.up_proj.forward(x, compute);
         observe(obs, Site::layer(layer, Op::MlpUp), &up);
-        let down = self.down_proj.forward(silu(gate) * up, output);
+        let act = match &self.kernels {
+            Some(k) if k.swiglu_supported(gate.dtype().into()) => k.swiglu(&gate, &up),
+            _ => silu(gate) * up,
+        };
+        let down = self.down_proj.forward(act, output);
         observe(obs, Site::layer(layer, Op::MlpDown), &down);
         down
     }

@@ -2,6 +2,7 @@
 //! [`PrecisionPlan`]; every boundary between roles is an explicit cast.
 
 mod attention;
+mod fused;
 mod layer;
 mod linear;
 mod mlp;
@@ -14,6 +15,7 @@ use burn::prelude::{Backend, Int, Tensor};
 use burn::tensor::TensorData;
 
 pub use attention::Attention;
+pub use fused::FusedKernels;
 pub use layer::DecoderLayer;
 pub use linear::{Linear, MatmulKernel};
 pub use mlp::Mlp;
@@ -175,6 +177,15 @@ impl<B: Backend> Qwen2Model<B> {
             }
         }
         self.lm_head.kernel = Some(kernel);
+    }
+
+    /// Runs SwiGLU, RoPE and attention through `kernels` where they support the plan; the
+    /// backend crates install theirs at load.
+    pub fn set_fused_kernels(&mut self, kernels: std::sync::Arc<dyn FusedKernels<B>>) {
+        for layer in &mut self.layers {
+            layer.self_attn.kernels = Some(kernels.clone());
+            layer.mlp.kernels = Some(kernels.clone());
+        }
     }
 
     /// The validated config.

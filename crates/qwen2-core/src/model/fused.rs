@@ -1,0 +1,49 @@
+//! Fused versions of the small ops around the projections (SwiGLU, RoPE, causal attention).
+//! The generic graph builds them from many burn ops; a backend whose per-op overhead dominates
+//! at these sizes (burn-flex walks strided views element by element) can compute each in one
+//! pass. A kernel must compute what the graph computes: the same roles in the same dtypes,
+//! rounded at the same points.
+
+use burn::prelude::{Backend, Tensor};
+use burn::tensor::FloatDType;
+
+use crate::precision::PrecisionPlan;
+
+/// A backend's fused SwiGLU, RoPE and attention.
+pub trait FusedKernels<B: Backend>: Send + Sync {
+    /// Whether [`FusedKernels::swiglu`] handles tensors of `dtype`.
+    fn swiglu_supported(&self, dtype: FloatDType) -> bool;
+
+    /// `silu(gate) * up`: `gate`, `up` `[seq, intermediate]` in one dtype → the same shape and
+    /// dtype; `silu(gate)` rounded to that dtype before the product, as the graph does.
+    fn swiglu(&self, gate: &Tensor<B, 2>, up: &Tensor<B, 2>) -> Tensor<B, 2>;
+
+    /// Whether [`FusedKernels::rope`] and [`FusedKernels::attention`] handle `plan`.
+    fn attention_supported(&self, plan: &PrecisionPlan) -> bool;
+
+    /// Rotates rows of heads: `x` `[seq, heads * head_dim]` (any float dtype) at positions
+    /// `start..start + seq`, with `cos`/`sin` tables `[max_positions, head_dim / 2]` f32 →
+    /// `[seq, heads * head_dim]` f32 (Qwen2's half-split `rotate_half` layout).
+    fn rope(
+        &self,
+        x: &Tensor<B, 2>,
+        heads: usize,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        start: usize,
+    ) -> Tensor<B, 2>;
+
+    /// Causal grouped-query attention for queries at positions `start..start + seq`:
+    /// `q` `[seq, heads * head_dim]` f32 (rotated), `keys`/`values` `[kv_heads, start + seq,
+    /// head_dim]` (the cache, in its dtype) → `[seq, heads * head_dim]` in `plan.matmul`.
+    /// Scores in `plan.attention_scores` (scaled by `1/sqrt(head_dim)`), softmax in
+    /// `plan.softmax`, probabilities and values in `plan.matmul`.
+    fn attention(
+        &self,
+        q: &Tensor<B, 2>,
+        keys: &Tensor<B, 3>,
+        values: &Tensor<B, 3>,
+        start: usize,
+        plan: &PrecisionPlan,
+    ) -> Tensor<B, 2>;
+}
