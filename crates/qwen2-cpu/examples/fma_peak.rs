@@ -32,6 +32,9 @@ fn main() {
             }
         });
         let sec = t.elapsed().as_secs_f64();
-        println!("{threads} thread(s): {:.1} GFLOP/s", flops * threads as f64 / sec / 1e9);
+        println!(
+            "{threads} thread(s): {:.1} GFLOP/s",
+            flops * threads as f64 / sec / 1e9
+        );
     }
 }

@@ -5,12 +5,25 @@ fn run(m: usize, k: usize, n: usize, par: gemm::Parallelism, a: &[f32], w: &[f32
     // a [m,k] row-major; w [n,k] row-major used as B = w^T [k,n]: B[kk][j] at j*k + kk.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            c.as_mut_ptr(), 1, n as isize,
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
             false,
-            a.as_ptr(), 1, k as isize,
-            w.as_ptr(), k as isize, 1,
-            0.0f32, 1.0f32, false, false, false, par,
+            a.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
         );
     }
 }
@@ -33,7 +46,11 @@ fn main() {
                 run(m, k, n, par, &a, &w, &mut c);
             }
             let s = t.elapsed().as_secs_f64() / reps as f64;
-            println!("[{m},{k}]x[{k},{n}] {label:6} {:7.3} ms {:6.1} GFLOP/s", s * 1e3, flops / s / 1e9);
+            println!(
+                "[{m},{k}]x[{k},{n}] {label:6} {:7.3} ms {:6.1} GFLOP/s",
+                s * 1e3,
+                flops / s / 1e9
+            );
         }
         // Two threads, each half of N on its own.
         let t = Instant::now();
@@ -49,18 +66,35 @@ fn main() {
                     s.spawn(move || unsafe {
                         let j0 = part * half;
                         gemm::gemm(
-                            m, half, k,
-                            (cp as *mut f32).add(j0), 1, n as isize,
+                            m,
+                            half,
+                            k,
+                            (cp as *mut f32).add(j0),
+                            1,
+                            n as isize,
                             false,
-                            a.as_ptr(), 1, k as isize,
-                            w.as_ptr().add(j0 * k), k as isize, 1,
-                            0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+                            a.as_ptr(),
+                            1,
+                            k as isize,
+                            w.as_ptr().add(j0 * k),
+                            k as isize,
+                            1,
+                            0.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
                         );
                     });
                 }
             });
         }
         let s = t.elapsed().as_secs_f64() / reps as f64;
-        println!("[{m},{k}]x[{k},{n}] split2 {:7.3} ms {:6.1} GFLOP/s", s * 1e3, flops / s / 1e9);
+        println!(
+            "[{m},{k}]x[{k},{n}] split2 {:7.3} ms {:6.1} GFLOP/s",
+            s * 1e3,
+            flops / s / 1e9
+        );
     }
 }

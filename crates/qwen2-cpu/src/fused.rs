@@ -9,12 +9,13 @@
 use std::sync::Arc;
 
 use burn::prelude::Tensor;
-use burn::tensor::{DType, FloatDType, TensorData};
+use burn::tensor::{DType, FloatDType};
 use burn_flex::{Flex, FlexTensor};
-use half::{bf16, f16};
 use qwen2_core::model::FusedKernels;
 use qwen2_core::precision::PrecisionPlan;
 use rayon::prelude::*;
+
+use crate::host::{from_f32, primitive, to_f32, Round};
 
 /// The CPU's [`FusedKernels`].
 pub struct CpuFused;
@@ -22,34 +23,6 @@ pub struct CpuFused;
 /// Kernels for [`qwen2_core::Platform::fused_kernels`].
 pub fn kernels() -> Arc<dyn FusedKernels<Flex>> {
     Arc::new(CpuFused)
-}
-
-/// Rounding of an f32 to a float dtype and back: the value a tensor of that dtype holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Round {
-    F32,
-    Bf16,
-    F16,
-}
-
-impl Round {
-    fn of(dtype: FloatDType) -> Option<Round> {
-        match dtype {
-            FloatDType::F32 => Some(Round::F32),
-            FloatDType::BF16 => Some(Round::Bf16),
-            FloatDType::F16 => Some(Round::F16),
-            _ => None,
-        }
-    }
-
-    #[inline(always)]
-    fn apply(self, x: f32) -> f32 {
-        match self {
-            Round::F32 => x,
-            Round::Bf16 => bf16::from_f32(x).to_f32(),
-            Round::F16 => f16::from_f32(x).to_f32(),
-        }
-    }
 }
 
 /// burn-flex's sigmoid, so the fused SwiGLU matches the graph's `x * sigmoid(x)`.
@@ -60,38 +33,6 @@ fn sigmoid(x: f32) -> f32 {
     } else {
         let e = x.exp();
         e / (1.0 + e)
-    }
-}
-
-fn primitive<const D: usize>(t: &Tensor<Flex, D>) -> FlexTensor {
-    t.clone().into_primitive().tensor()
-}
-
-/// The tensor's elements as a row-major f32 vector (exact for every float dtype).
-fn host_f32<const D: usize>(t: &Tensor<Flex, D>) -> Vec<f32> {
-    let p = primitive(t);
-    if p.dtype() == DType::F32 {
-        if let Some(s) = p.as_slice::<f32>() {
-            return s.to_vec();
-        }
-    }
-    t.clone()
-        .cast(FloatDType::F32)
-        .into_data()
-        .into_vec::<f32>()
-        .expect("a tensor cast to f32 holds f32 data")
-}
-
-/// An f32 `[rows, cols]` result as a tensor of `dtype` (the values are already rounded to it).
-fn from_host(values: Vec<f32>, shape: [usize; 2], dtype: FloatDType) -> Tensor<Flex, 2> {
-    let t = Tensor::<Flex, 2>::from_data(
-        TensorData::new(values, shape),
-        (&Default::default(), FloatDType::F32.into()),
-    );
-    if dtype == FloatDType::F32 {
-        t
-    } else {
-        t.cast(dtype)
     }
 }
 
@@ -121,7 +62,7 @@ impl HeadRows {
         }
         HeadRows {
             tensor: None,
-            copy: host_f32(t),
+            copy: to_f32(t),
             offset: 0,
             head_stride: rows * dim,
             row_stride: dim,
@@ -144,8 +85,8 @@ impl FusedKernels<Flex> for CpuFused {
     fn swiglu(&self, gate: &Tensor<Flex, 2>, up: &Tensor<Flex, 2>) -> Tensor<Flex, 2> {
         let dtype: FloatDType = gate.dtype().into();
         let round = Round::of(dtype).unwrap_or(Round::F32);
-        let mut out = host_f32(gate);
-        let up = host_f32(up);
+        let mut out = to_f32(gate);
+        let up = to_f32(up);
         out.par_chunks_mut(1 << 14)
             .zip(up.par_chunks(1 << 14))
             .for_each(|(g, u)| {
@@ -154,7 +95,7 @@ impl FusedKernels<Flex> for CpuFused {
                     *g = round.apply(silu * u);
                 }
             });
-        from_host(out, gate.dims(), dtype)
+        from_f32(out, gate.dims(), dtype)
     }
 
     fn attention_supported(&self, plan: &PrecisionPlan) -> bool {
@@ -180,7 +121,7 @@ impl FusedKernels<Flex> for CpuFused {
         let [seq, width] = x.dims();
         let dim = width / heads;
         let half = dim / 2;
-        let mut out = host_f32(x);
+        let mut out = to_f32(x);
         let (cos, sin) = (table_rows(cos, start, seq), table_rows(sin, start, seq));
         out.par_chunks_mut(width).enumerate().for_each(|(s, row)| {
             let (c, sn) = (&cos[s * half..][..half], &sin[s * half..][..half]);
@@ -193,7 +134,7 @@ impl FusedKernels<Flex> for CpuFused {
                 }
             }
         });
-        from_host(out, [seq, width], FloatDType::F32)
+        from_f32(out, [seq, width], FloatDType::F32)
     }
 
     fn attention(
@@ -209,7 +150,7 @@ impl FusedKernels<Flex> for CpuFused {
         let heads = width / dim;
         let scores_round = Round::of(plan.attention_scores).unwrap_or(Round::F32);
         let matmul_round = Round::of(plan.matmul).unwrap_or(Round::F32);
-        let mut q = host_f32(q);
+        let mut q = to_f32(q);
         if scores_round != Round::F32 {
             q.iter_mut().for_each(|v| *v = scores_round.apply(*v));
         }
@@ -233,14 +174,14 @@ impl FusedKernels<Flex> for CpuFused {
             .for_each_init(Vec::new, |scores, (task, out)| {
                 attend(&job, task / heads, task % heads, scores, out)
             });
-        from_host(out, [seq, width], plan.matmul)
+        from_f32(out, [seq, width], plan.matmul)
     }
 }
 
 /// Rows `start..start + seq` of a `[max_positions, half]` f32 table, as one slice.
 fn table_rows(table: &Tensor<Flex, 2>, start: usize, seq: usize) -> Vec<f32> {
     let [_, half] = table.dims();
-    host_f32(&table.clone().slice([start..start + seq, 0..half]))
+    to_f32(&table.clone().slice([start..start + seq, 0..half]))
 }
 
 /// Everything one (query row, head) task reads.
@@ -294,7 +235,9 @@ fn attend(job: &AttentionJob, row: usize, head: usize, scores: &mut Vec<f32>, ou
     scores.clear();
     let mut max = f32::NEG_INFINITY;
     for j in 0..visible {
-        let s = job.scores_round.apply(job.scores_round.apply(dot(q, key(j))) * job.scale);
+        let s = job
+            .scores_round
+            .apply(job.scores_round.apply(dot(q, key(j))) * job.scale);
         max = max.max(s);
         scores.push(s);
     }
@@ -321,7 +264,12 @@ fn attend(job: &AttentionJob, row: usize, head: usize, scores: &mut Vec<f32>, ou
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ac.zip(bc) {
         for l in 0..8 {
             acc[l] += x[l] * y[l];

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use burn::prelude::Tensor;
-use burn::tensor::{DType, FloatDType, TensorData};
+use burn::tensor::{DType, FloatDType};
 use burn_flex::{Flex, FlexTensor};
 use half::bf16;
 use qwen2_core::model::MatmulKernel;
@@ -23,8 +23,8 @@ pub fn kernel() -> Arc<dyn MatmulKernel<Flex>> {
     Arc::new(CpuGemv)
 }
 
-/// Weight elements the kernel can read.
-trait Weight: Copy + Send + Sync + bytemuck::Pod {
+/// Weight elements the kernels can read.
+pub(crate) trait Weight: Copy + Send + Sync + bytemuck::Pod {
     fn f32(self) -> f32;
 }
 
@@ -55,7 +55,7 @@ impl MatmulKernel<Flex> for CpuGemv {
             return None;
         }
         if m > 1 {
-            return widened_bf16_matmul(x, weight, compute);
+            return many_rows(x, weight, compute);
         }
         let w: FlexTensor = weight.clone().into_primitive().tensor();
         // The weight must already be in the compute dtype (no per-call conversion).
@@ -72,12 +72,7 @@ impl MatmulKernel<Flex> for CpuGemv {
             layout.strides()[1],
             layout.start_offset(),
         );
-        let xs: Vec<f32> = x
-            .clone()
-            .cast(FloatDType::F32)
-            .into_data()
-            .to_vec::<f32>()
-            .ok()?;
+        let xs = crate::host::to_f32(x);
         let mut y = vec![0.0f32; n];
         let rows_in = cs == 1 && rs == n as isize;
         let rows_out = rs == 1 && cs == k as isize;
@@ -88,43 +83,37 @@ impl MatmulKernel<Flex> for CpuGemv {
             (DType::BF16, _, true) => dot_rows(&xs, &w.storage::<bf16>()[off..], k, &mut y),
             _ => return None,
         }
-        let out = Tensor::<Flex, 2>::from_data(TensorData::new(y, [1, n]), &x.device());
-        Some(match compute {
-            FloatDType::F32 => out,
-            other => out.cast(other),
-        })
+        Some(crate::host::from_f32(y, [1, n], compute))
     }
 }
 
-/// Many rows with bf16 weights (prefill under the bf16 plan): widens the weight into a
-/// contiguous f32 copy with a vectorized pass and runs burn's f32 gemm on it, then rounds the
-/// result to bf16. The same arithmetic as burn-flex's bf16 matmul (exact widening, f32
-/// accumulation), which widens element by element through the strided view instead.
-fn widened_bf16_matmul(
+/// Many rows (prefill) with f32 or bf16 weights in `[out, in]` memory: the register-blocked
+/// kernel of [`crate::gemm`], f32 accumulation, the result rounded to `compute`. The weight
+/// must be in the compute dtype (f32 × f32, or bf16 × bf16 as burn computes it: exact
+/// widening, f32 accumulation).
+fn many_rows(
     x: &Tensor<Flex, 2>,
     weight: &Tensor<Flex, 2>,
     compute: FloatDType,
 ) -> Option<Tensor<Flex, 2>> {
-    let [k, n] = weight.dims();
+    let [m, k] = x.dims();
+    let n = weight.dims()[1];
     let w: FlexTensor = weight.clone().into_primitive().tensor();
     let layout = w.layout();
-    let rows_out = layout.strides() == [1, k as isize];
-    if compute != FloatDType::BF16 || w.dtype() != DType::BF16 || !rows_out {
+    let wanted = match compute {
+        FloatDType::F32 => DType::F32,
+        _ => DType::BF16,
+    };
+    if w.dtype() != wanted || layout.strides() != [1, k as isize] {
         return None;
     }
     let off = layout.start_offset();
-    let src = &w.storage::<bf16>()[off..off + n * k];
-    let mut wide = vec![0.0f32; n * k];
-    wide.par_chunks_mut(1 << 16)
-        .zip(src.par_chunks(1 << 16))
-        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d = s.f32()));
-    let wide = Tensor::<Flex, 2>::from_data(TensorData::new(wide, [n, k]), &x.device());
-    Some(
-        x.clone()
-            .cast(FloatDType::F32)
-            .matmul(wide.transpose())
-            .cast(FloatDType::BF16),
-    )
+    let xs = crate::host::to_f32(x);
+    let y = match w.dtype() {
+        DType::F32 => crate::gemm::matmul_rows(&xs, m, k, &w.storage::<f32>()[off..], n),
+        _ => crate::gemm::matmul_rows(&xs, m, k, &w.storage::<bf16>()[off..], n),
+    };
+    Some(crate::host::from_f32(y, [m, n], compute))
 }
 
 /// Columns per task: enough tasks to balance the pool, each a long contiguous run.
@@ -260,24 +249,31 @@ mod tests {
     }
 
     #[test]
-    fn many_row_bf16_products_equal_burns_bf16_matmul() {
+    fn many_row_products_equal_burns_matmul() {
         let dev = Default::default();
-        let x = Tensor::<Flex, 2>::random([5, 40], Distribution::Normal(0.0, 1.0), &dev)
-            .cast(FloatDType::BF16);
-        let w = Tensor::<Flex, 2>::random([72, 40], Distribution::Normal(0.0, 1.0), &dev)
-            .cast(FloatDType::BF16)
-            .transpose();
-        let fast = CpuGemv.matmul(&x, &w, FloatDType::BF16).expect("handled");
-        let reference = x.clone().matmul(w.clone());
-        assert_eq!(fast.dims(), [5, 72]);
-        // Same arithmetic; the f32 summation order may differ, so allow one bf16 rounding step.
-        let scale = reference
-            .clone()
-            .cast(FloatDType::F32)
-            .abs()
-            .max()
-            .into_scalar();
-        assert!(max_diff(fast, reference) <= scale * 2.0f32.powi(-8));
+        for (dtype, steps) in [
+            (FloatDType::F32, 2.0f32.powi(-20)),
+            (FloatDType::BF16, 2.0f32.powi(-8)),
+        ] {
+            let x = Tensor::<Flex, 2>::random([5, 40], Distribution::Normal(0.0, 1.0), &dev)
+                .cast(dtype);
+            let w = Tensor::<Flex, 2>::random([72, 40], Distribution::Normal(0.0, 1.0), &dev)
+                .cast(dtype)
+                .transpose();
+            let fast = CpuGemv.matmul(&x, &w, dtype).expect("handled");
+            let reference = x.clone().matmul(w.clone());
+            assert_eq!(fast.dims(), [5, 72]);
+            assert_eq!(fast.dtype(), reference.dtype());
+            // Same arithmetic in another f32 summation order: a few f32 roundings of the
+            // largest output, or (bf16) one bf16 rounding step.
+            let scale = reference
+                .clone()
+                .cast(FloatDType::F32)
+                .abs()
+                .max()
+                .into_scalar();
+            assert!(max_diff(fast, reference) <= scale * steps, "{dtype:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The CPU backend of qwen2-burn: burn-flex (f32, f16 and bf16; SIMD; multi-threaded with rayon).
 
 mod fused;
+mod gemm;
 mod gemv;
+mod host;
 
 use burn_flex::{Flex, FlexDevice};
 use qwen2_core::precision::{DeviceKind, Hardware, Policy, PolicyTable, Rule};

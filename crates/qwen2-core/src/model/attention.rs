@@ -77,14 +77,17 @@ impl<B: Backend> Attention<B> {
         let start = cache.len();
         let split_heads = |t: Tensor<B, 2>, n: usize| t.reshape([seq, n, d]).swap_dims(0, 1);
 
-        if let Some(k) = self.kernels.as_ref().filter(|k| k.attention_supported(plan)) {
+        if let Some(k) = self
+            .kernels
+            .as_ref()
+            .filter(|k| k.attention_supported(plan))
+        {
             let q = self.q_proj.forward(x.clone(), plan.matmul);
             let q = k.rope(&q, h, &rope.cos, &rope.sin, start);
             let key = self.k_proj.forward(x.clone(), plan.matmul);
             let key = k.rope(&key, kvh, &rope.cos, &rope.sin, start);
             let v = self.v_proj.forward(x, plan.matmul);
-            let (keys, values) =
-                cache.append(layer, split_heads(key, kvh), split_heads(v, kvh));
+            let (keys, values) = cache.append(layer, split_heads(key, kvh), split_heads(v, kvh));
             let out = k.attention(&q, &keys, &values, start, plan);
             return self.o_proj.forward(out, plan.residual_projection);
         }
