@@ -15,7 +15,7 @@ use qwen2_core::model::FusedKernels;
 use qwen2_core::precision::PrecisionPlan;
 use rayon::prelude::*;
 
-use crate::host::{from_f32, primitive, to_f32, Round};
+use crate::host::{from_f32, primitive, round_bf16, to_f32, Round};
 
 /// The CPU's [`FusedKernels`].
 pub struct CpuFused;
@@ -25,15 +25,64 @@ pub fn kernels() -> Arc<dyn FusedKernels<Flex>> {
     Arc::new(CpuFused)
 }
 
-/// burn-flex's sigmoid, so the fused SwiGLU matches the graph's `x * sigmoid(x)`.
+/// `e^x` for `x <= 0` (Cephes' single-precision polynomial, within 2 ulp of libm; results
+/// below 2^-126 come out as about 1e-38 instead of 0). Branch-free, so loops over it vectorize.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_2e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 0.166_666_65;
+    let p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// The logistic function as burn-flex computes it (`1 / (1 + e^-x)` for `x >= 0`, `e^x / (1 +
+/// e^x)` below), with [`exp_nonpositive`] for the exponential.
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
+    let e = exp_nonpositive(-x.abs());
+    let s = 1.0 / (1.0 + e);
     if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
+        s
     } else {
-        let e = x.exp();
-        e / (1.0 + e)
+        e * s
     }
+}
+
+/// `g = round(round(g * round(sigmoid(g))) * u)` over a slice, in the dtype `round` stands for.
+fn swiglu_slice(g: &mut [f32], u: &[f32], round: Round) {
+    #[inline(always)]
+    fn with(g: &mut [f32], u: &[f32], r: impl Fn(f32) -> f32) {
+        for (g, &u) in g.iter_mut().zip(u) {
+            let silu = r(*g * r(sigmoid(*g)));
+            *g = r(silu * u);
+        }
+    }
+    #[inline(always)]
+    fn any(g: &mut [f32], u: &[f32], round: Round) {
+        match round {
+            Round::F32 => with(g, u, |x| x),
+            Round::Bf16 => with(g, u, round_bf16),
+            Round::F16 => with(g, u, |x| Round::F16.apply(x)),
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(g: &mut [f32], u: &[f32], round: Round) {
+        any(g, u, round)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { avx2(g, u, round) };
+    }
+    any(g, u, round)
 }
 
 /// Rows of a `[heads, positions, head_dim]` tensor, read in place when it is f32 with
@@ -87,14 +136,9 @@ impl FusedKernels<Flex> for CpuFused {
         let round = Round::of(dtype).unwrap_or(Round::F32);
         let mut out = to_f32(gate);
         let up = to_f32(up);
-        out.par_chunks_mut(1 << 14)
-            .zip(up.par_chunks(1 << 14))
-            .for_each(|(g, u)| {
-                for (g, &u) in g.iter_mut().zip(u) {
-                    let silu = round.apply(*g * round.apply(sigmoid(*g)));
-                    *g = round.apply(silu * u);
-                }
-            });
+        out.par_chunks_mut(1 << 15)
+            .zip(up.par_chunks(1 << 15))
+            .for_each(|(g, u)| swiglu_slice(g, u, round));
         from_f32(out, gate.dims(), dtype)
     }
 
@@ -276,4 +320,49 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_sigmoid_stay_within_two_ulp_of_libm() {
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let (ours, libm) = (exp_nonpositive(x), x.exp());
+            assert!(
+                (ours - libm).abs() <= 2.0 * f32::EPSILON * libm,
+                "exp({x}) {ours} vs {libm}"
+            );
+            for x in [x, -x] {
+                let exact = 1.0 / (1.0 + (-x as f64).exp());
+                let err = (sigmoid(x) as f64 - exact).abs();
+                assert!(err <= 3.0 * f32::EPSILON as f64 * exact, "sigmoid({x})");
+            }
+        }
+    }
+
+    #[test]
+    fn swiglu_rounds_like_the_graph() {
+        let g: Vec<f32> = (0..1000).map(|i| i as f32 * 0.02 - 10.0).collect();
+        let u: Vec<f32> = (0..1000).map(|i| 1.5 - i as f32 * 0.003).collect();
+        for round in [Round::F32, Round::Bf16, Round::F16] {
+            let mut out = g.clone();
+            swiglu_slice(&mut out, &u, round);
+            for ((o, &g), &u) in out.iter().zip(&g).zip(&u) {
+                let exact = (g as f64 / (1.0 + (-g as f64).exp())) * u as f64;
+                assert_eq!(*o, round.apply(*o), "{round:?}: result in the dtype");
+                let step = match round {
+                    Round::F32 => 4.0 * f32::EPSILON as f64,
+                    Round::Bf16 => 2f64.powi(-6),
+                    Round::F16 => 2f64.powi(-9),
+                };
+                assert!(
+                    (*o as f64 - exact).abs() <= step * exact.abs() + 1e-30,
+                    "{round:?} {g}"
+                );
+            }
+        }
+    }
 }
