@@ -1,6 +1,6 @@
 //! Where a CPU prefill spends its time, op group by op group (the observer is called after
 //! each group; burn-flex runs eagerly, so the gaps are the groups' costs).
-//! `cargo run --release -p qwen2-cpu --example prefill_profile -- MODEL_DIR [f32|bf16] [LEN]`
+//! `cargo run --release -p qwen2-cpu --example prefill_profile -- MODEL_DIR [f32|bf16] [LEN] [decode]`
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -39,6 +39,29 @@ fn main() {
     let device = Default::default();
     let model = Cpu::load_model(dir, policy.plan(), &device, &mut |_, _| {}).unwrap();
     let ids: Vec<u32> = (0..len as u32).map(|i| (i * 7919) % 150000).collect();
+    if args.get(4).map(String::as_str) == Some("decode") {
+        let steps = 16;
+        let mut cache = model.new_cache(len + steps);
+        model.forward(&ids, &mut cache, LogitsFor::Last).unwrap();
+        let mut t = Timer {
+            last: Instant::now(),
+            spent: BTreeMap::new(),
+        };
+        let start = Instant::now();
+        for s in 0..steps {
+            t.last = Instant::now();
+            let logits = model
+                .forward_observed(&[s as u32 + 1], &mut cache, LogitsFor::Last, &mut t)
+                .unwrap();
+            let _ = logits.into_data();
+        }
+        let total = start.elapsed().as_secs_f64();
+        println!("decode: {:.1} ms/token", total * 1e3 / steps as f64);
+        for (k, v) in &t.spent {
+            println!("  {k:20} {:7.2} ms/token", v * 1e3 / steps as f64);
+        }
+        return;
+    }
     for rep in 0..3 {
         let mut cache = model.new_cache(len + 1);
         let mut t = Timer {

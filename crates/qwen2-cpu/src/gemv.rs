@@ -14,6 +14,8 @@ use half::bf16;
 use qwen2_core::model::MatmulKernel;
 use rayon::prelude::*;
 
+use crate::gemm::Lanes;
+
 /// The CPU's [`MatmulKernel`]: one-row products with f32 or bf16 weights, stored `[in, out]`
 /// or as the transposed view of an `[out, in]` matrix (the tied lm_head).
 pub struct CpuGemv;
@@ -144,7 +146,7 @@ fn axpy<W: Weight>(a: f32, row: &[W], ys: &mut [f32]) {
 
 /// `y[j] = Σ_i x[i] w[j * k + i]`: dot products with contiguous rows, each task streaming a
 /// contiguous block of rows.
-fn dot_rows<W: Weight>(x: &[f32], w: &[W], k: usize, y: &mut [f32]) {
+fn dot_rows<W: Lanes>(x: &[f32], w: &[W], k: usize, y: &mut [f32]) {
     let chunk = chunk_len(y.len()).min(4096);
     let block: fn(&[f32], &[W], usize, &mut [f32], usize) = pick_dot_block::<W>();
     y.par_chunks_mut(chunk)
@@ -153,21 +155,15 @@ fn dot_rows<W: Weight>(x: &[f32], w: &[W], k: usize, y: &mut [f32]) {
 }
 
 /// The fastest `dot_block` this CPU runs.
-fn pick_dot_block<W: Weight>() -> fn(&[f32], &[W], usize, &mut [f32], usize) {
+fn pick_dot_block<W: Lanes>() -> fn(&[f32], &[W], usize, &mut [f32], usize) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         return |x, w, k, ys, j0| {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            unsafe { dot_block_avx2(x, w, k, ys, j0) }
+            unsafe { crate::gemm::avx2::dot_block(x, w, k, ys, j0) }
         };
     }
     dot_block::<W>
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_block_avx2<W: Weight>(x: &[f32], w: &[W], k: usize, ys: &mut [f32], j0: usize) {
-    dot_block(x, w, k, ys, j0)
 }
 
 #[inline(always)]
