@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: builds the CLI in release mode, runs `qwen2 bench` once per backend and
 //! precision (a fresh process each, so peak memory is per configuration) and prints a markdown
-//! table with ratios to the first configuration; optionally writes all of it as JSON.
+//! table with ratios to the first configuration; optionally writes all of it as JSON. With
+//! `--pytorch`, HF transformers runs the same prompt with the same protocol
+//! (scripts/bench_pytorch.py) and its rows join the table.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -11,6 +13,7 @@ struct Options {
     precisions: Vec<String>,
     pass_through: Vec<String>,
     json: Option<PathBuf>,
+    pytorch: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -20,6 +23,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         precisions: vec!["auto".into()],
         pass_through: Vec::new(),
         json: None,
+        pytorch: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -34,6 +38,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--backend" => o.backends = list(value()?),
             "--precision" => o.precisions = list(value()?),
             "--json" => o.json = Some(PathBuf::from(value()?)),
+            "--pytorch" => o.pytorch = true,
             "--prompt-len" | "--gen" | "--reps" | "--ids" => {
                 o.pass_through.push(flag.clone());
                 o.pass_through.push(value()?);
@@ -78,7 +83,7 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
     let o = match parse(args) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("xtask bench: {e}\nusage: cargo xtask bench --model DIR [--backend cpu,wgpu,cuda] [--precision auto,f32,bf16,...] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE]");
+            eprintln!("xtask bench: {e}\nusage: cargo xtask bench --model DIR [--backend cpu,wgpu,cuda] [--precision auto,f32,bf16,...] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE] [--pytorch]");
             return ExitCode::from(2);
         }
     };
@@ -132,6 +137,9 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
             }
         }
     }
+    if o.pytorch {
+        reports.extend(pytorch_reports(root, &o));
+    }
     if reports.is_empty() {
         return ExitCode::FAILURE;
     }
@@ -152,17 +160,32 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
     println!("| backend | precision | load s | prefill tok/s | TTFT ms | decode tok/s | decode bound tok/s | peak RSS MB (÷ weights) | prefill × | decode × |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &reports {
+        // Peer rows carry only prefill and decode speeds.
+        let num = |key: &str, scale: f64, digits: usize| {
+            r[key]
+                .as_f64()
+                .map_or("–".to_string(), |v| format!("{:.*}", digits, v * scale))
+        };
+        let ttft = r["ttft_ms"]["median"]
+            .as_f64()
+            .map_or("–".to_string(), |v| format!("{v:.0}"));
+        let peak = match (
+            r["peak_rss_bytes"].as_f64(),
+            r["peak_rss_over_weights"].as_f64(),
+        ) {
+            (Some(b), Some(x)) => format!("{:.0} ({x:.2}×)", b / 1e6),
+            _ => "–".into(),
+        };
         println!(
-            "| {} | {} | {:.2} | {} | {:.0} | {} | {:.1} | {:.0} ({:.2}×) | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |",
             r["backend"].as_str().unwrap_or("?"),
             r["precision"].as_str().unwrap_or("?"),
-            r["load_s"].as_f64().unwrap_or(0.0),
+            num("load_s", 1.0, 2),
             range(r, "prefill_tok_s"),
-            median(r, "ttft_ms"),
+            ttft,
             range(r, "decode_tok_s"),
-            r["decode_bound_tok_s"].as_f64().unwrap_or(0.0),
-            r["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1e6,
-            r["peak_rss_over_weights"].as_f64().unwrap_or(0.0),
+            num("decode_bound_tok_s", 1.0, 1),
+            peak,
             median(r, "prefill_tok_s") / p0.max(1e-9),
             median(r, "decode_tok_s") / d0.max(1e-9),
         );
@@ -176,4 +199,50 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// HF transformers on the same model and prompt, one JSON line per dtype from
+/// scripts/bench_pytorch.py (`auto` and `f16-safe` have no PyTorch counterpart and are skipped).
+fn pytorch_reports(root: &Path, o: &Options) -> Vec<serde_json::Value> {
+    let dtypes: Vec<&str> = o
+        .precisions
+        .iter()
+        .map(String::as_str)
+        .filter(|p| matches!(*p, "f32" | "bf16" | "f16"))
+        .collect();
+    if dtypes.is_empty() {
+        eprintln!("xtask bench: --pytorch needs --precision with f32, bf16 or f16");
+        return Vec::new();
+    }
+    eprintln!("xtask bench: pytorch / {} ...", dtypes.join(","));
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .current_dir(root)
+        .arg("scripts/bench_pytorch.py")
+        .arg("--model")
+        .arg(&o.model)
+        .args(["--dtypes", &dtypes.join(",")])
+        .args(&o.pass_through)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|mut v| {
+                v["backend"] = serde_json::json!("pytorch");
+                v
+            })
+            .collect(),
+        Ok(out) => {
+            eprintln!(
+                "xtask bench: scripts/bench_pytorch.py failed (it needs torch and transformers): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            eprintln!("xtask bench: cannot run {python}: {e} (set PYTHON to your interpreter)");
+            Vec::new()
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //!   fixtures [--only NAME...]   regenerate tests/fixtures with HF transformers (needs Python with
 //!                               torch, transformers, safetensors, numpy)
-//!   bench --model DIR [...]    release-build the CLI, run `qwen2 bench` per backend × precision,
+//!   bench --model DIR [...]    release-build the CLI, run `qwen2 bench` per backend × precision
+//!                               (and HF transformers with --pytorch),
 //!                               print a markdown table (see `cargo xtask bench` for options)
 //!   bench-model --out DIR       a Qwen2-0.5B-shaped random bf16 model (~1 GB) for benchmarks
 //!   gpu-check [--out FILE]      on a machine with an NVIDIA GPU: build with cuda+wgpu, print
@@ -24,7 +25,7 @@ fn usage() -> ExitCode {
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
          fixtures [--only NAME...]  rebuild tests/fixtures with HF transformers (scripts/make_fixtures.py,\n                             then scripts/make_text_fixtures.py)\n  \
-         bench --model DIR [--backend cpu,wgpu] [--precision auto,f32,bf16] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE]\n  \
+         bench --model DIR [--backend cpu,wgpu] [--precision auto,f32,bf16] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE] [--pytorch]\n  \
          bench-model --out DIR      Qwen2-0.5B-shaped random bf16 model for benchmarks (~1 GB)\n  \
          gpu-check [--out FILE]     CUDA doctor + conformance + short benchmark (default report: gpu-check-report.md)\n\n\
          fixtures needs: pip install torch transformers tokenizers safetensors numpy, and npm"

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use burn::prelude::Tensor;
 use burn::tensor::{DType, FloatDType};
 use burn_flex::{Flex, FlexTensor};
+use half::bf16;
 use qwen2_core::model::FusedKernels;
 use qwen2_core::precision::PrecisionPlan;
 use rayon::prelude::*;
 
+use crate::gemv::Weight;
 use crate::host::{from_f32, primitive, round_bf16, to_f32, Round};
 
 /// The CPU's [`FusedKernels`].
@@ -85,44 +87,42 @@ fn swiglu_slice(g: &mut [f32], u: &[f32], round: Round) {
     any(g, u, round)
 }
 
-/// Rows of a `[heads, positions, head_dim]` tensor, read in place when it is f32 with
-/// contiguous rows (the f32 KV cache), else from an f32 copy.
-struct HeadRows {
-    tensor: Option<FlexTensor>,
-    copy: Vec<f32>,
+/// Rows of a `[heads, positions, head_dim]` cache view, read in place: elements of `E` at
+/// `offset + head * head_stride + position * row_stride`, each row contiguous.
+struct HeadRows<'a, E> {
+    data: &'a [E],
     offset: usize,
     head_stride: usize,
     row_stride: usize,
 }
 
-impl HeadRows {
-    fn new(t: &Tensor<Flex, 3>) -> Self {
-        let [_, rows, dim] = t.dims();
-        let p = primitive(t);
-        let strides = p.layout().strides().to_vec();
-        if p.dtype() == DType::F32 && strides[2] == 1 && strides[0] >= 0 && strides[1] >= 0 {
-            return HeadRows {
-                offset: p.layout().start_offset(),
-                head_stride: strides[0] as usize,
-                row_stride: strides[1] as usize,
-                tensor: Some(p),
-                copy: Vec::new(),
-            };
-        }
+impl<'a, E: Weight> HeadRows<'a, E> {
+    /// The view's rows in `p`'s storage, if `p` holds `E` with contiguous, forward rows.
+    fn of(p: &'a FlexTensor, dtype: DType) -> Option<Self> {
+        let strides = p.layout().strides();
+        let forward = strides[2] == 1 && strides[0] >= 0 && strides[1] >= 0;
+        (p.dtype() == dtype && forward).then(|| HeadRows {
+            data: p.storage::<E>(),
+            offset: p.layout().start_offset(),
+            head_stride: strides[0] as usize,
+            row_stride: strides[1] as usize,
+        })
+    }
+
+    /// Contiguous `[heads, rows, dim]` data.
+    fn contiguous(data: &'a [E], rows: usize, dim: usize) -> Self {
         HeadRows {
-            tensor: None,
-            copy: to_f32(t),
+            data,
             offset: 0,
             head_stride: rows * dim,
             row_stride: dim,
         }
     }
 
-    fn data(&self) -> &[f32] {
-        match &self.tensor {
-            Some(t) => t.storage::<f32>(),
-            None => &self.copy,
-        }
+    #[inline(always)]
+    fn row(&self, head: usize, position: usize, dim: usize) -> &[E] {
+        let at = self.offset + head * self.head_stride + position * self.row_stride;
+        &self.data[at..at + dim]
     }
 }
 
@@ -198,12 +198,11 @@ impl FusedKernels<Flex> for CpuFused {
         if scores_round != Round::F32 {
             q.iter_mut().for_each(|v| *v = scores_round.apply(*v));
         }
-        let (k, v) = (HeadRows::new(keys), HeadRows::new(values));
-        let job = AttentionJob {
+        let mut out = vec![0.0f32; seq * width];
+        let params = AttentionParams {
             q: &q,
-            keys: &k,
-            values: &v,
             heads,
+            dim,
             group: heads / kv_heads,
             start,
             scale: scores_round.apply((1.0 / (dim as f64).sqrt()) as f32),
@@ -211,13 +210,21 @@ impl FusedKernels<Flex> for CpuFused {
             matmul_round,
         };
         debug_assert_eq!(start + seq, total);
-        let mut out = vec![0.0f32; seq * width];
-        let attend = pick_attend();
-        out.par_chunks_mut(dim)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (task, out)| {
-                attend(&job, task / heads, task % heads, scores, out)
-            });
+        let (kp, vp) = (primitive(keys), primitive(values));
+        // The f32 and bf16 caches are read in place; others (f16) through an f32 copy.
+        if let (Some(k), Some(v)) = (HeadRows::of(&kp, DType::F32), HeadRows::of(&vp, DType::F32)) {
+            attend_all::<f32>(&params, &k, &v, &mut out);
+        } else if let (Some(k), Some(v)) = (
+            HeadRows::<bf16>::of(&kp, DType::BF16),
+            HeadRows::<bf16>::of(&vp, DType::BF16),
+        ) {
+            attend_all::<bf16>(&params, &k, &v, &mut out);
+        } else {
+            let (kc, vc) = (to_f32(keys), to_f32(values));
+            let k = HeadRows::contiguous(&kc, total, dim);
+            let v = HeadRows::contiguous(&vc, total, dim);
+            attend_all::<f32>(&params, &k, &v, &mut out);
+        }
         from_f32(out, [seq, width], plan.matmul)
     }
 }
@@ -228,13 +235,12 @@ fn table_rows(table: &Tensor<Flex, 2>, start: usize, seq: usize) -> Vec<f32> {
     to_f32(&table.clone().slice([start..start + seq, 0..half]))
 }
 
-/// Everything one (query row, head) task reads.
-struct AttentionJob<'a> {
+/// What every (query row, head) task shares.
+struct AttentionParams<'a> {
     /// Rotated queries, `[seq, heads * head_dim]`, rounded to the scores dtype.
     q: &'a [f32],
-    keys: &'a HeadRows,
-    values: &'a HeadRows,
     heads: usize,
+    dim: usize,
     group: usize,
     start: usize,
     scale: f32,
@@ -242,46 +248,78 @@ struct AttentionJob<'a> {
     matmul_round: Round,
 }
 
-type AttendFn = fn(&AttentionJob, usize, usize, &mut Vec<f32>, &mut [f32]);
+/// Every (query row, head) of `out` (`[seq, heads * head_dim]`), split across the pool.
+fn attend_all<E: Weight>(
+    params: &AttentionParams,
+    keys: &HeadRows<E>,
+    values: &HeadRows<E>,
+    out: &mut [f32],
+) {
+    let attend = pick_attend::<E>();
+    out.par_chunks_mut(params.dim)
+        .enumerate()
+        .for_each_init(Vec::new, |scores, (task, out)| {
+            attend(
+                params,
+                keys,
+                values,
+                task / params.heads,
+                task % params.heads,
+                scores,
+                out,
+            )
+        });
+}
 
-fn pick_attend() -> AttendFn {
+type AttendFn<E> =
+    fn(&AttentionParams, &HeadRows<E>, &HeadRows<E>, usize, usize, &mut Vec<f32>, &mut [f32]);
+
+fn pick_attend<E: Weight>() -> AttendFn<E> {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return |job, row, head, scores, out| unsafe { attend_avx2(job, row, head, scores, out) };
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return |p, k, v, row, head, scores, out| unsafe {
+            attend_avx2(p, k, v, row, head, scores, out)
+        };
     }
     attend
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(
-    job: &AttentionJob,
+unsafe fn attend_avx2<E: Weight>(
+    p: &AttentionParams,
+    keys: &HeadRows<E>,
+    values: &HeadRows<E>,
     row: usize,
     head: usize,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    attend(job, row, head, scores, out)
+    attend(p, keys, values, row, head, scores, out)
 }
 
 /// Query `row` of `head`: scores against keys `0..=start + row`, softmax, weighted values.
 #[inline(always)]
-fn attend(job: &AttentionJob, row: usize, head: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn attend<E: Weight>(
+    p: &AttentionParams,
+    keys: &HeadRows<E>,
+    values: &HeadRows<E>,
+    row: usize,
+    head: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let dim = out.len();
-    let kv = head / job.group;
-    let visible = job.start + row + 1;
-    let q = &job.q[(row * job.heads + head) * dim..][..dim];
-    let (kd, vd) = (job.keys.data(), job.values.data());
-    let key = |j: usize| {
-        let at = job.keys.offset + kv * job.keys.head_stride + j * job.keys.row_stride;
-        &kd[at..at + dim]
-    };
+    let kv = head / p.group;
+    let visible = p.start + row + 1;
+    let q = &p.q[(row * p.heads + head) * dim..][..dim];
     scores.clear();
     let mut max = f32::NEG_INFINITY;
     for j in 0..visible {
-        let s = job
+        let s = p
             .scores_round
-            .apply(job.scores_round.apply(dot(q, key(j))) * job.scale);
+            .apply(p.scores_round.apply(dot(q, keys.row(kv, j, dim))) * p.scale);
         max = max.max(s);
         scores.push(s);
     }
@@ -292,31 +330,30 @@ fn attend(job: &AttentionJob, row: usize, head: usize, scores: &mut Vec<f32>, ou
     }
     out.fill(0.0);
     for (j, &s) in scores.iter().enumerate() {
-        let p = job.matmul_round.apply(s / sum);
-        let at = job.values.offset + kv * job.values.head_stride + j * job.values.row_stride;
-        for (o, &v) in out.iter_mut().zip(&vd[at..at + dim]) {
-            *o += p * v;
+        let prob = p.matmul_round.apply(s / sum);
+        for (o, &v) in out.iter_mut().zip(values.row(kv, j, dim)) {
+            *o += prob * v.f32();
         }
     }
-    if job.matmul_round != Round::F32 {
-        out.iter_mut().for_each(|o| *o = job.matmul_round.apply(*o));
+    if p.matmul_round != Round::F32 {
+        out.iter_mut().for_each(|o| *o = p.matmul_round.apply(*o));
     }
 }
 
 /// `Σ a[i] b[i]` with eight partial sums (vectorizes; the same order on every machine).
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<E: Weight>(a: &[f32], b: &[E]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ac
         .remainder()
         .iter()
         .zip(bc.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| x * y.f32())
         .sum();
     for (x, y) in ac.zip(bc) {
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * y[l].f32();
         }
     }
     acc.iter().sum::<f32>() + tail

@@ -26,7 +26,7 @@ pub fn kernel() -> Arc<dyn MatmulKernel<Flex>> {
 }
 
 /// Weight elements the kernels can read.
-pub(crate) trait Weight: Copy + Send + Sync + bytemuck::Pod {
+pub(crate) trait Weight: Copy + Send + Sync + bytemuck::Pod + burn::tensor::Element {
     fn f32(self) -> f32;
 }
 
