@@ -28,9 +28,11 @@ pub fn kernels() -> Arc<dyn FusedKernels<Flex>> {
 }
 
 /// `e^x` for `x <= 0` (Cephes' single-precision polynomial, within 2 ulp of libm; results
-/// below 2^-126 come out as about 1e-38 instead of 0). Branch-free, so loops over it vectorize.
+/// below 2^-126 come out as about 1e-38 instead of 0; NaN stays NaN, so an overflow upstream
+/// still reaches the stability monitor). Branch-free, so loops over it vectorize.
 #[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
+    let nan = x.is_nan();
     let x = x.max(-87.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
@@ -41,7 +43,12 @@ fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 0.166_666_65;
     let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let e = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if nan {
+        f32::NAN
+    } else {
+        e
+    }
 }
 
 /// The logistic function as burn-flex computes it (`1 / (1 + e^-x)` for `x >= 0`, `e^x / (1 +
@@ -325,7 +332,9 @@ fn attend<E: Weight>(
     }
     let mut sum = 0.0f32;
     for s in scores.iter_mut() {
-        *s = (*s - max).exp();
+        *s = exp_nonpositive(*s - max);
+    }
+    for s in scores.iter() {
         sum += *s;
     }
     out.fill(0.0);
@@ -372,6 +381,7 @@ mod tests {
                 (ours - libm).abs() <= 2.0 * f32::EPSILON * libm,
                 "exp({x}) {ours} vs {libm}"
             );
+            assert!(exp_nonpositive(f32::NAN).is_nan());
             for x in [x, -x] {
                 let exact = 1.0 / (1.0 + (-x as f64).exp());
                 let err = (sigmoid(x) as f64 - exact).abs();
