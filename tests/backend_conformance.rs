@@ -6,7 +6,8 @@
 //! - f32: 1e-4 on the CPU, 1e-3 on GPUs (other reduction orders and fused multiply-adds);
 //! - bf16: 1.25 × the error of HF's own bf16 run;
 //! - f16-safe: 1.25 × the error of HF's own f16 run (HF's bf16 error where HF's f16 is NaN);
-//! - f16: 1.5 × HF's f16 error where HF survives, and a named non-finite error on massive-1e5.
+//! - f16: 2 × HF's f16 error where HF survives (the naive plan amplifies summation order, see
+//!   tests/precision_cpu.rs), and a named non-finite error on massive-1e5.
 
 mod common;
 
@@ -24,7 +25,7 @@ fn tolerance(name: &str, policy: Policy, backend: &str) -> Option<f32> {
         Policy::F32 => Some(1e-3),
         Policy::Bf16 => Some(1.25 * hf_bf16),
         Policy::F16Safe => Some(1.25 * hf_f16.unwrap_or(hf_bf16)),
-        Policy::F16 => hf_f16.map(|e| 1.5 * e),
+        Policy::F16 => hf_f16.map(|e| 2.0 * e),
     }
 }
 

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use burn::prelude::Tensor;
 use burn::tensor::{DType, FloatDType};
-use burn_flex::{Flex, FlexTensor};
+use burn_flex::Flex;
 use half::bf16;
 use qwen2_core::model::FusedKernels;
 use qwen2_core::precision::PrecisionPlan;
 use rayon::prelude::*;
 
-use crate::gemv::Weight;
+use crate::attention::{attend_all, AttentionParams, HeadRows};
 use crate::host::{from_f32, primitive, round_bf16, to_f32, Round};
 
 /// The CPU's [`FusedKernels`].
@@ -31,7 +31,7 @@ pub fn kernels() -> Arc<dyn FusedKernels<Flex>> {
 /// below 2^-126 come out as about 1e-38 instead of 0; NaN stays NaN, so an overflow upstream
 /// still reaches the stability monitor). Branch-free, so loops over it vectorize.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     let nan = x.is_nan();
     let x = x.max(-87.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
@@ -92,45 +92,6 @@ fn swiglu_slice(g: &mut [f32], u: &[f32], round: Round) {
         return unsafe { avx2(g, u, round) };
     }
     any(g, u, round)
-}
-
-/// Rows of a `[heads, positions, head_dim]` cache view, read in place: elements of `E` at
-/// `offset + head * head_stride + position * row_stride`, each row contiguous.
-struct HeadRows<'a, E> {
-    data: &'a [E],
-    offset: usize,
-    head_stride: usize,
-    row_stride: usize,
-}
-
-impl<'a, E: Weight> HeadRows<'a, E> {
-    /// The view's rows in `p`'s storage, if `p` holds `E` with contiguous, forward rows.
-    fn of(p: &'a FlexTensor, dtype: DType) -> Option<Self> {
-        let strides = p.layout().strides();
-        let forward = strides[2] == 1 && strides[0] >= 0 && strides[1] >= 0;
-        (p.dtype() == dtype && forward).then(|| HeadRows {
-            data: p.storage::<E>(),
-            offset: p.layout().start_offset(),
-            head_stride: strides[0] as usize,
-            row_stride: strides[1] as usize,
-        })
-    }
-
-    /// Contiguous `[heads, rows, dim]` data.
-    fn contiguous(data: &'a [E], rows: usize, dim: usize) -> Self {
-        HeadRows {
-            data,
-            offset: 0,
-            head_stride: rows * dim,
-            row_stride: dim,
-        }
-    }
-
-    #[inline(always)]
-    fn row(&self, head: usize, position: usize, dim: usize) -> &[E] {
-        let at = self.offset + head * self.head_stride + position * self.row_stride;
-        &self.data[at..at + dim]
-    }
 }
 
 impl FusedKernels<Flex> for CpuFused {
@@ -240,132 +201,6 @@ impl FusedKernels<Flex> for CpuFused {
 fn table_rows(table: &Tensor<Flex, 2>, start: usize, seq: usize) -> Vec<f32> {
     let [_, half] = table.dims();
     to_f32(&table.clone().slice([start..start + seq, 0..half]))
-}
-
-/// What every (query row, head) task shares.
-struct AttentionParams<'a> {
-    /// Rotated queries, `[seq, heads * head_dim]`, rounded to the scores dtype.
-    q: &'a [f32],
-    heads: usize,
-    dim: usize,
-    group: usize,
-    start: usize,
-    scale: f32,
-    scores_round: Round,
-    matmul_round: Round,
-}
-
-/// Every (query row, head) of `out` (`[seq, heads * head_dim]`), split across the pool.
-fn attend_all<E: Weight>(
-    params: &AttentionParams,
-    keys: &HeadRows<E>,
-    values: &HeadRows<E>,
-    out: &mut [f32],
-) {
-    let attend = pick_attend::<E>();
-    out.par_chunks_mut(params.dim)
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (task, out)| {
-            attend(
-                params,
-                keys,
-                values,
-                task / params.heads,
-                task % params.heads,
-                scores,
-                out,
-            )
-        });
-}
-
-type AttendFn<E> =
-    fn(&AttentionParams, &HeadRows<E>, &HeadRows<E>, usize, usize, &mut Vec<f32>, &mut [f32]);
-
-fn pick_attend<E: Weight>() -> AttendFn<E> {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return |p, k, v, row, head, scores, out| unsafe {
-            attend_avx2(p, k, v, row, head, scores, out)
-        };
-    }
-    attend
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2<E: Weight>(
-    p: &AttentionParams,
-    keys: &HeadRows<E>,
-    values: &HeadRows<E>,
-    row: usize,
-    head: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    attend(p, keys, values, row, head, scores, out)
-}
-
-/// Query `row` of `head`: scores against keys `0..=start + row`, softmax, weighted values.
-#[inline(always)]
-fn attend<E: Weight>(
-    p: &AttentionParams,
-    keys: &HeadRows<E>,
-    values: &HeadRows<E>,
-    row: usize,
-    head: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let dim = out.len();
-    let kv = head / p.group;
-    let visible = p.start + row + 1;
-    let q = &p.q[(row * p.heads + head) * dim..][..dim];
-    scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for j in 0..visible {
-        let s = p
-            .scores_round
-            .apply(p.scores_round.apply(dot(q, keys.row(kv, j, dim))) * p.scale);
-        max = max.max(s);
-        scores.push(s);
-    }
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = exp_nonpositive(*s - max);
-    }
-    for s in scores.iter() {
-        sum += *s;
-    }
-    out.fill(0.0);
-    for (j, &s) in scores.iter().enumerate() {
-        let prob = p.matmul_round.apply(s / sum);
-        for (o, &v) in out.iter_mut().zip(values.row(kv, j, dim)) {
-            *o += prob * v.f32();
-        }
-    }
-    if p.matmul_round != Round::F32 {
-        out.iter_mut().for_each(|o| *o = p.matmul_round.apply(*o));
-    }
-}
-
-/// `Σ a[i] b[i]` with eight partial sums (vectorizes; the same order on every machine).
-#[inline(always)]
-fn dot<E: Weight>(a: &[f32], b: &[E]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y.f32())
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l].f32();
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -39,6 +39,31 @@ pub fn matmul_rows<W: Lanes>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -
     y
 }
 
+/// [`matmul_rows`] on the calling thread only (for callers that parallelize around it).
+pub fn matmul_rows_serial<W: Lanes>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k,
+        "operands cover [m, k] and [n, k]"
+    );
+    let mut y = vec![0.0f32; m * n];
+    let block = pick_block::<W>();
+    for start in (0..n).step_by(TASK_ROWS) {
+        // SAFETY: `y` is `[m, n]` and only this thread writes it.
+        unsafe {
+            block(
+                x,
+                m,
+                k,
+                w,
+                n,
+                start..(start + TASK_ROWS).min(n),
+                y.as_mut_ptr(),
+            )
+        }
+    }
+    y
+}
+
 /// The output pointer, shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
@@ -299,7 +324,7 @@ pub(crate) mod avx2 {
 
 /// The eight lanes summed pairwise (the same order on every machine).
 #[inline(always)]
-fn lane_sum(v: &[f32; 8]) -> f32 {
+pub(crate) fn lane_sum(v: &[f32; 8]) -> f32 {
     ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
 }
 

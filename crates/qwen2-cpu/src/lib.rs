@@ -1,5 +1,6 @@
 //! The CPU backend of qwen2-burn: burn-flex (f32, f16 and bf16; SIMD; multi-threaded with rayon).
 
+mod attention;
 mod fused;
 mod gemm;
 mod gemv;
