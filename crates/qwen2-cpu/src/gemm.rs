@@ -353,6 +353,25 @@ mod tests {
     }
 
     #[test]
+    fn the_portable_path_matches_the_reference_too() {
+        // What a CPU without AVX2/FMA runs (this machine would otherwise never take it).
+        let (m, k, n) = (5, 37, 11);
+        let (x, w) = (values(m * k, 3), values(n * k, 4));
+        let mut y = vec![0.0f32; m * n];
+        // SAFETY: `y` is `[m, n]`, written by this thread only.
+        unsafe { portable_block(&x, m, k, &w, n, 0..n, y.as_mut_ptr()) };
+        for (a, b) in y.iter().zip(reference(&x, m, k, &w, n)) {
+            assert!((*a as f64 - b).abs() <= 1e-6 * k as f64, "{a} vs {b}");
+        }
+        let serial = matmul_rows_serial(&x, m, k, &w, n);
+        let parallel = matmul_rows(&x, m, k, &w, n);
+        assert_eq!(
+            serial, parallel,
+            "serial and pooled runs sum in the same order"
+        );
+    }
+
+    #[test]
     fn every_edge_tile_and_k_tail_matches_a_f64_reference() {
         // m and n not multiples of the tile, k with a tail and more than one KC pass.
         for (m, k, n) in [(7, 13, 5), (9, 40, 98), (130, 1300, 50), (2, 2600, 7)] {
