@@ -102,6 +102,30 @@ pub fn check_refusals<P: Platform>() {
     assert!(can_run(&hw, auto.policy).is_ok());
 }
 
+/// GPU backends report their allocator's memory, which holds at least the model's weights; the
+/// CPU reports none (its memory is the process's resident set).
+pub fn check_device_memory<P: Platform>() {
+    let device = P::devices().into_iter().next().expect("a device");
+    let model = P::load_model(
+        fixture_dir("tied-f32-gqa"),
+        Policy::F32.plan(),
+        &device,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let c = model.config();
+    let weights = (c.vocab_size * c.hidden_size * 4) as u64;
+    match (P::NAME, P::device_memory(&device)) {
+        ("cpu", None) => {}
+        ("cpu", Some(m)) => panic!("the CPU reported device memory {m:?}"),
+        (_, Some(m)) => {
+            assert!(m.bytes_in_use >= weights, "{}: {m:?} < {weights}", P::NAME);
+            assert!(m.bytes_reserved >= m.bytes_in_use, "{}: {m:?}", P::NAME);
+        }
+        (name, None) => panic!("{name} reported no device memory"),
+    }
+}
+
 macro_rules! conformance_suite {
     ($module:ident, $platform:ty) => {
         mod $module {
@@ -113,6 +137,11 @@ macro_rules! conformance_suite {
             #[test]
             fn unsupported_policies_are_refused_up_front() {
                 super::check_refusals::<$platform>();
+            }
+
+            #[test]
+            fn device_memory_is_reported_where_the_backend_has_it() {
+                super::check_device_memory::<$platform>();
             }
         }
     };

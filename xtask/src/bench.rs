@@ -157,8 +157,8 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
         r0["gen_tokens"],
         r0["reps"]
     );
-    println!("| backend | precision | load s | prefill tok/s | TTFT ms | decode tok/s | decode bound tok/s | peak RSS MB (÷ weights) | prefill × | decode × |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| backend | precision | load s | prefill tok/s | TTFT ms | decode tok/s | decode bound tok/s | peak RSS MB (÷ weights) | device MB reserved | prefill × | decode × |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &reports {
         // Peer rows carry only prefill and decode speeds.
         let num = |key: &str, scale: f64, digits: usize| {
@@ -176,8 +176,11 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
             (Some(b), Some(x)) => format!("{:.0} ({x:.2}×)", b / 1e6),
             _ => "–".into(),
         };
+        let device = r["device_memory"]["bytes_reserved"]
+            .as_f64()
+            .map_or("–".to_string(), |b| format!("{:.0}", b / 1e6));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |",
             r["backend"].as_str().unwrap_or("?"),
             r["precision"].as_str().unwrap_or("?"),
             num("load_s", 1.0, 2),
@@ -186,6 +189,7 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
             range(r, "decode_tok_s"),
             num("decode_bound_tok_s", 1.0, 1),
             peak,
+            device,
             median(r, "prefill_tok_s") / p0.max(1e-9),
             median(r, "decode_tok_s") / d0.max(1e-9),
         );

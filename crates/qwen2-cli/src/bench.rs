@@ -180,6 +180,8 @@ pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
     }
     // Peak memory of the model run, read before the bandwidth probe allocates its 1 GiB.
     let peak_rss = proc_status_bytes("VmHWM:");
+    // GPU backends: what the device allocator holds after the runs (null on the CPU).
+    let device_memory = P::device_memory(&device);
     let (read_bandwidth, copy_bandwidth) = memory_bandwidth();
     let weight_bytes = weight_bytes_per_token(&model, model.plan().weights);
     // Stored weights: what a token reads, plus the embedding when the head is separate.
@@ -208,6 +210,7 @@ pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
         "ttft_ms": stats(&ttft),
         "decode_tok_s": stats(&decode),
         "peak_rss_bytes": peak_rss,
+        "device_memory": device_memory,
         "rss_before_load_bytes": rss_before,
         "weight_bytes_per_token": weight_bytes,
         "weight_bytes_stored": stored_bytes,

@@ -22,7 +22,7 @@ pub use config::Qwen2Config;
 pub use error::{Error, Result};
 pub use kv_cache::KvCache;
 pub use model::{LogitsFor, Qwen2Model};
-pub use platform::Platform;
+pub use platform::{DeviceMemory, Platform};
 pub use precision::{Policy, PrecisionPlan};
 
 /// Re-export of the burn version the graph is written against.

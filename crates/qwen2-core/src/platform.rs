@@ -7,6 +7,16 @@ use crate::error::Result;
 use crate::model::{FusedKernels, MatmulKernel, Qwen2Model};
 use crate::precision::{Hardware, PolicyTable, PrecisionPlan};
 
+/// Device memory as a GPU backend's allocator reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceMemory {
+    /// Bytes held by live tensors.
+    pub bytes_in_use: u64,
+    /// Bytes the allocator has reserved on the device (its pools do not shrink, so after a
+    /// run this is the run's high-water mark).
+    pub bytes_reserved: u64,
+}
+
 /// A compute backend qwen2-burn can run on (CPU, wgpu, CUDA, ...).
 pub trait Platform {
     /// The burn backend.
@@ -23,6 +33,12 @@ pub trait Platform {
 
     /// The rules that resolve `--precision auto` on this backend.
     fn policy_table() -> &'static PolicyTable;
+
+    /// Device memory now, where the backend reports it (GPU backends); `None` on the CPU,
+    /// whose memory is the process's resident set.
+    fn device_memory(_device: &burn::tensor::Device<Self::B>) -> Option<DeviceMemory> {
+        None
+    }
 
     /// This backend's faster matrix products, if it has any (see [`MatmulKernel`]).
     fn matmul_kernel() -> Option<Arc<dyn MatmulKernel<Self::B>>> {

@@ -119,6 +119,20 @@ impl Platform for Cuda {
     fn policy_table() -> &'static PolicyTable {
         &CUDA_POLICY_TABLE
     }
+
+    fn device_memory(device: &CudaDevice) -> Option<qwen2_core::DeviceMemory> {
+        use cubecl::Runtime;
+        if !driver_available() {
+            return None;
+        }
+        let usage = cubecl::cuda::CudaRuntime::client(device)
+            .memory_usage()
+            .ok()?;
+        Some(qwen2_core::DeviceMemory {
+            bytes_in_use: usage.bytes_in_use,
+            bytes_reserved: usage.bytes_reserved,
+        })
+    }
 }
 
 /// Hardware as the probe would report it for a GPU of compute capability `cc` (for tests and docs).

@@ -168,6 +168,15 @@ impl Platform for Wgpu {
     fn policy_table() -> &'static PolicyTable {
         &WGPU_POLICY_TABLE
     }
+
+    fn device_memory(device: &WgpuDevice) -> Option<qwen2_core::DeviceMemory> {
+        use cubecl::Runtime;
+        let usage = burn_wgpu::WgpuRuntime::client(device).memory_usage().ok()?;
+        Some(qwen2_core::DeviceMemory {
+            bytes_in_use: usage.bytes_in_use,
+            bytes_reserved: usage.bytes_reserved,
+        })
+    }
 }
 
 #[cfg(test)]
