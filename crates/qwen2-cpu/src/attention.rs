@@ -29,10 +29,10 @@ pub(crate) struct HeadRows<'a, E> {
 
 impl<'a, E: Weight> HeadRows<'a, E> {
     /// The view's rows in `p`'s storage, if `p` holds `E` with contiguous, forward rows.
-    pub(crate) fn of(p: &'a burn_flex::FlexTensor, dtype: burn::tensor::DType) -> Option<Self> {
+    pub(crate) fn of(p: &'a burn_flex::FlexTensor) -> Option<Self> {
         let strides = p.layout().strides();
         let forward = strides[2] == 1 && strides[0] >= 0 && strides[1] >= 0;
-        (p.dtype() == dtype && forward).then(|| HeadRows {
+        (p.dtype() == E::dtype() && forward).then(|| HeadRows {
             data: p.storage::<E>(),
             offset: p.layout().start_offset(),
             head_stride: strides[0] as usize,
@@ -169,7 +169,7 @@ fn softmax_row(p: &AttentionParams, scores: &mut [f32]) {
         softmax_row_any(p, scores)
     }
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    if crate::gemm::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
         return unsafe { avx2(p, scores) };
     }

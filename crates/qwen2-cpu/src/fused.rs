@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use burn::prelude::Tensor;
-use burn::tensor::{DType, FloatDType};
+use burn::tensor::FloatDType;
 use burn_flex::Flex;
 use half::bf16;
 use qwen2_core::model::FusedKernels;
@@ -87,7 +87,7 @@ fn swiglu_slice(g: &mut [f32], u: &[f32], round: Round) {
         any(g, u, round)
     }
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    if crate::gemm::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
         return unsafe { avx2(g, u, round) };
     }
@@ -180,12 +180,9 @@ impl FusedKernels<Flex> for CpuFused {
         debug_assert_eq!(start + seq, total);
         let (kp, vp) = (primitive(keys), primitive(values));
         // The f32 and bf16 caches are read in place; others (f16) through an f32 copy.
-        if let (Some(k), Some(v)) = (HeadRows::of(&kp, DType::F32), HeadRows::of(&vp, DType::F32)) {
-            attend_all::<f32>(&params, &k, &v, &mut out);
-        } else if let (Some(k), Some(v)) = (
-            HeadRows::<bf16>::of(&kp, DType::BF16),
-            HeadRows::<bf16>::of(&vp, DType::BF16),
-        ) {
+        if let (Some(k), Some(v)) = (HeadRows::<f32>::of(&kp), HeadRows::of(&vp)) {
+            attend_all(&params, &k, &v, &mut out);
+        } else if let (Some(k), Some(v)) = (HeadRows::<bf16>::of(&kp), HeadRows::of(&vp)) {
             attend_all::<bf16>(&params, &k, &v, &mut out);
         } else {
             let (kc, vc) = (to_f32(keys), to_f32(values));

@@ -22,8 +22,18 @@ const TASK_ROWS: usize = 48;
 const KC: usize = 1024;
 
 /// `y[i * n + j] = Σ_p x[i * k + p] · w[j * k + p]` for `x` `[m, k]`, `w` `[n, k]`, `y` `[m, n]`,
-/// accumulated in f32.
+/// accumulated in f32, split across the rayon pool.
 pub fn matmul_rows<W: Lanes>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
+    product(x, m, k, w, n, true)
+}
+
+/// [`matmul_rows`] on the calling thread only (for callers that parallelize around it).
+pub fn matmul_rows_serial<W: Lanes>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
+    product(x, m, k, w, n, false)
+}
+
+/// The product in tasks of `TASK_ROWS` weight rows, on the pool when `pooled`.
+fn product<W: Lanes>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, pooled: bool) -> Vec<f32> {
     assert!(
         x.len() >= m * k && w.len() >= n * k,
         "operands cover [m, k] and [n, k]"
@@ -31,35 +41,16 @@ pub fn matmul_rows<W: Lanes>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -
     let mut y = vec![0.0f32; m * n];
     let out = SharedOut(y.as_mut_ptr());
     let block = pick_block::<W>();
-    (0..n.div_ceil(TASK_ROWS)).into_par_iter().for_each(|task| {
+    let task = |task: usize| {
         let rows = task * TASK_ROWS..((task + 1) * TASK_ROWS).min(n);
-        // SAFETY: tasks write disjoint column ranges of `y`, which outlives the loop.
+        // SAFETY: tasks write disjoint column ranges of `y`, which outlives them.
         unsafe { block(x, m, k, w, n, rows, out.get()) }
-    });
-    y
-}
-
-/// [`matmul_rows`] on the calling thread only (for callers that parallelize around it).
-pub fn matmul_rows_serial<W: Lanes>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
-    assert!(
-        x.len() >= m * k && w.len() >= n * k,
-        "operands cover [m, k] and [n, k]"
-    );
-    let mut y = vec![0.0f32; m * n];
-    let block = pick_block::<W>();
-    for start in (0..n).step_by(TASK_ROWS) {
-        // SAFETY: `y` is `[m, n]` and only this thread writes it.
-        unsafe {
-            block(
-                x,
-                m,
-                k,
-                w,
-                n,
-                start..(start + TASK_ROWS).min(n),
-                y.as_mut_ptr(),
-            )
-        }
+    };
+    let tasks = n.div_ceil(TASK_ROWS);
+    if pooled {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
     }
     y
 }
@@ -114,9 +105,15 @@ impl Lanes for half::bf16 {
     }
 }
 
+/// Whether the CPU runs the `avx2` kernels (AVX2 and FMA; the check is cached by std).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
 fn pick_block<W: Lanes>() -> BlockFn<W> {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         return avx2::block::<W>;
     }
     portable_block::<W>
@@ -137,18 +134,28 @@ unsafe fn portable_block<W: Lanes>(
 ) {
     for i in 0..m {
         for j in rows.clone() {
-            let (xr, wr) = (&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
-            let mut acc = [0.0f32; 8];
-            let vec_len = k & !7;
-            for p in (0..vec_len).step_by(8) {
-                for l in 0..8 {
-                    acc[l] += xr[p + l] * wr[p + l].f32();
-                }
-            }
-            let tail: f32 = (vec_len..k).map(|p| xr[p] * wr[p].f32()).sum();
-            *y.add(i * n + j) = lane_sum(&acc) + tail;
+            *y.add(i * n + j) = dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
         }
     }
+}
+
+/// `Σ x[p] · w[p]` in eight partial sums then [`lane_sum`] (the portable kernels' dot product).
+#[inline(always)]
+pub(crate) fn dot<W: Weight>(x: &[f32], w: &[W]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (xc, wc) = (x.chunks_exact(8), w.chunks_exact(8));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(wc.remainder())
+        .map(|(a, b)| a * b.f32())
+        .sum();
+    for (xs, ws) in xc.zip(wc) {
+        for l in 0..8 {
+            acc[l] += xs[l] * ws[l].f32();
+        }
+    }
+    lane_sum(&acc) + tail
 }
 
 /// Register-blocked tiles with AVX2 and FMA.

@@ -53,19 +53,14 @@ impl MatmulKernel<Flex> for CpuGemv {
     ) -> Option<Tensor<Flex, 2>> {
         let [m, k] = x.dims();
         let [k_w, n] = weight.dims();
-        if k != k_w || !matches!(compute, FloatDType::F32 | FloatDType::BF16) {
-            return None;
-        }
-        if m > 1 {
-            return many_rows(x, weight, compute);
-        }
         let w: FlexTensor = weight.clone().into_primitive().tensor();
         // The weight must already be in the compute dtype (no per-call conversion).
         let wanted = match compute {
             FloatDType::F32 => DType::F32,
-            _ => DType::BF16,
+            FloatDType::BF16 => DType::BF16,
+            _ => return None,
         };
-        if w.dtype() != wanted {
+        if k != k_w || w.dtype() != wanted {
             return None;
         }
         let layout = w.layout();
@@ -74,48 +69,27 @@ impl MatmulKernel<Flex> for CpuGemv {
             layout.strides()[1],
             layout.start_offset(),
         );
-        let xs = crate::host::to_f32(x);
-        let mut y = vec![0.0f32; n];
+        // `[in, out]` rows (axpy form) or the transposed view of `[out, in]` (dot form).
         let rows_in = cs == 1 && rs == n as isize;
         let rows_out = rs == 1 && cs == k as isize;
-        match (w.dtype(), rows_in, rows_out) {
-            (DType::F32, true, _) => axpy_rows(&xs, &w.storage::<f32>()[off..], n, &mut y),
-            (DType::F32, _, true) => dot_rows(&xs, &w.storage::<f32>()[off..], k, &mut y),
-            (DType::BF16, true, _) => axpy_rows(&xs, &w.storage::<bf16>()[off..], n, &mut y),
-            (DType::BF16, _, true) => dot_rows(&xs, &w.storage::<bf16>()[off..], k, &mut y),
+        let xs = crate::host::to_f32(x);
+        let y = match (w.dtype(), m, rows_in, rows_out) {
+            // Many rows (prefill): the register-blocked kernel of `crate::gemm`.
+            (DType::F32, 2.., _, true) => {
+                crate::gemm::matmul_rows(&xs, m, k, &w.storage::<f32>()[off..], n)
+            }
+            (_, 2.., _, true) => {
+                crate::gemm::matmul_rows(&xs, m, k, &w.storage::<bf16>()[off..], n)
+            }
+            (_, 2.., _, _) => return None,
+            (DType::F32, _, true, _) => axpy_rows(&xs, &w.storage::<f32>()[off..], n),
+            (DType::F32, _, _, true) => dot_rows(&xs, &w.storage::<f32>()[off..], k, n),
+            (_, _, true, _) => axpy_rows(&xs, &w.storage::<bf16>()[off..], n),
+            (_, _, _, true) => dot_rows(&xs, &w.storage::<bf16>()[off..], k, n),
             _ => return None,
-        }
-        Some(crate::host::from_f32(y, [1, n], compute))
+        };
+        Some(crate::host::from_f32(y, [m, n], compute))
     }
-}
-
-/// Many rows (prefill) with f32 or bf16 weights in `[out, in]` memory: the register-blocked
-/// kernel of [`crate::gemm`], f32 accumulation, the result rounded to `compute`. The weight
-/// must be in the compute dtype (f32 × f32, or bf16 × bf16 as burn computes it: exact
-/// widening, f32 accumulation).
-fn many_rows(
-    x: &Tensor<Flex, 2>,
-    weight: &Tensor<Flex, 2>,
-    compute: FloatDType,
-) -> Option<Tensor<Flex, 2>> {
-    let [m, k] = x.dims();
-    let n = weight.dims()[1];
-    let w: FlexTensor = weight.clone().into_primitive().tensor();
-    let layout = w.layout();
-    let wanted = match compute {
-        FloatDType::F32 => DType::F32,
-        _ => DType::BF16,
-    };
-    if w.dtype() != wanted || layout.strides() != [1, k as isize] {
-        return None;
-    }
-    let off = layout.start_offset();
-    let xs = crate::host::to_f32(x);
-    let y = match w.dtype() {
-        DType::F32 => crate::gemm::matmul_rows(&xs, m, k, &w.storage::<f32>()[off..], n),
-        _ => crate::gemm::matmul_rows(&xs, m, k, &w.storage::<bf16>()[off..], n),
-    };
-    Some(crate::host::from_f32(y, [m, n], compute))
 }
 
 /// Columns per task: enough tasks to balance the pool, each a long contiguous run.
@@ -126,7 +100,8 @@ fn chunk_len(n: usize) -> usize {
 
 /// `y[j] = Σ_i x[i] w[i * n + j]`: each task owns a range of columns and streams its part of
 /// every row.
-fn axpy_rows<W: Weight>(x: &[f32], w: &[W], n: usize, y: &mut [f32]) {
+fn axpy_rows<W: Weight>(x: &[f32], w: &[W], n: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; n];
     let chunk = chunk_len(n);
     y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
         let j0 = c * chunk;
@@ -135,6 +110,7 @@ fn axpy_rows<W: Weight>(x: &[f32], w: &[W], n: usize, y: &mut [f32]) {
             axpy(xi, row, ys);
         }
     });
+    y
 }
 
 #[inline(always)]
@@ -146,18 +122,20 @@ fn axpy<W: Weight>(a: f32, row: &[W], ys: &mut [f32]) {
 
 /// `y[j] = Σ_i x[i] w[j * k + i]`: dot products with contiguous rows, each task streaming a
 /// contiguous block of rows.
-fn dot_rows<W: Lanes>(x: &[f32], w: &[W], k: usize, y: &mut [f32]) {
-    let chunk = chunk_len(y.len()).min(4096);
+fn dot_rows<W: Lanes>(x: &[f32], w: &[W], k: usize, n: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; n];
+    let chunk = chunk_len(n).min(4096);
     let block: fn(&[f32], &[W], usize, &mut [f32], usize) = pick_dot_block::<W>();
     y.par_chunks_mut(chunk)
         .enumerate()
         .for_each(|(c, ys)| block(x, w, k, ys, c * chunk));
+    y
 }
 
 /// The fastest `dot_block` this CPU runs.
 fn pick_dot_block<W: Lanes>() -> fn(&[f32], &[W], usize, &mut [f32], usize) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    if crate::gemm::has_avx2_fma() {
         return |x, w, k, ys, j0| {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
             unsafe { crate::gemm::avx2::dot_block(x, w, k, ys, j0) }
@@ -166,31 +144,12 @@ fn pick_dot_block<W: Lanes>() -> fn(&[f32], &[W], usize, &mut [f32], usize) {
     dot_block::<W>
 }
 
-#[inline(always)]
+/// Portable one-row products: one dot product per weight row.
 fn dot_block<W: Weight>(x: &[f32], w: &[W], k: usize, ys: &mut [f32], j0: usize) {
     for (jj, out) in ys.iter_mut().enumerate() {
         let j = j0 + jj;
-        *out = dot(x, &w[j * k..j * k + k]);
+        *out = crate::gemm::dot(x, &w[j * k..j * k + k]);
     }
-}
-
-/// A dot product with 16 independent partial sums, so it vectorizes.
-#[inline(always)]
-fn dot<W: Weight>(x: &[f32], row: &[W]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let xc = x.chunks_exact(16);
-    let rc = row.chunks_exact(16);
-    let (xr, rr) = (xc.remainder(), rc.remainder());
-    for (xs, ws) in xc.zip(rc) {
-        for l in 0..16 {
-            acc[l] += xs[l] * ws[l].f32();
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (a, w) in xr.iter().zip(rr) {
-        sum += a * w.f32();
-    }
-    sum
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use burn_flex::{Flex, FlexTensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::gemv::Weight;
+
 /// Elements per parallel conversion task.
 const CHUNK: usize = 1 << 15;
 
@@ -26,7 +28,7 @@ pub fn to_f32<const D: usize>(t: &Tensor<Flex, D>) -> Vec<f32> {
             .zip(s.par_chunks(CHUNK))
             .for_each(|(o, s)| {
                 for (o, s) in o.iter_mut().zip(s) {
-                    *o = f32::from_bits((s.to_bits() as u32) << 16);
+                    *o = s.f32();
                 }
             });
         return out;
