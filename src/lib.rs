@@ -13,6 +13,9 @@
 
 pub use qwen2_core as core;
 
+/// Fine-tuning (full and LoRA) on burn's autodiff.
+pub use qwen2_train as train;
+
 /// The CPU backend (feature `cpu`, on by default).
 #[cfg(feature = "cpu")]
 pub use qwen2_cpu as cpu;

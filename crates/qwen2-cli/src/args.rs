@@ -47,6 +47,11 @@ pub enum Command {
     /// Run every precision policy the device can run against f32: where each overflows, how far
     /// its logits drift, and the per-layer peak activations against the f16/bf16 limits.
     Diagnose(DiagnoseArgs),
+    /// Fine-tune the model (full or LoRA) on a JSONL file of chats, texts or token ids;
+    /// writes an HF model directory or a PEFT adapter.
+    Finetune(Box<FinetuneArgs>),
+    /// Fold a LoRA adapter into its base model and write an HF model directory.
+    Merge(MergeArgs),
     /// List the compiled backends, their devices, what the hardware probe found, and the
     /// precision plan `--precision auto` picks there, with the rule and reason.
     Doctor(DoctorArgs),
@@ -75,6 +80,11 @@ pub struct ModelArgs {
     /// Model directory (config.json and *.safetensors).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
+
+    /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as
+    /// `qwen2 finetune --lora` or HF peft write it) applied on top of the model.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
 
     /// Compute backend among those compiled in; `auto` picks CUDA if it has a device, then a hardware wgpu adapter, then the CPU.
     #[arg(long, default_value = "auto", value_name = "auto|cpu|wgpu|cuda")]
@@ -311,4 +321,123 @@ pub struct BenchArgs {
     /// Measured repetitions after one warm-up.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+}
+
+/// `qwen2 finetune`.
+#[derive(Args, Debug)]
+#[command(after_help = "Data (JSONL, one record per line):\n  \
+    {\"messages\": [{\"role\": \"user\", \"content\": \"...\"}, {\"role\": \"assistant\", \"content\": \"...\"}]}  loss on assistant turns\n  \
+    {\"text\": \"...\"}                                   loss on every token\n  \
+    {\"input_ids\": [...], \"labels\": [...]}            pre-tokenized; label -100 = no loss\n\n\
+    Ctrl-C saves a checkpoint and stops; --resume OUT continues exactly where it stopped.")]
+pub struct FinetuneArgs {
+    /// Base model directory (config.json, *.safetensors, tokenizer.json for text data).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Training data, JSONL.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// Output directory: the adapter (with --lora) or the model, and checkpoints/.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Train LoRA adapters instead of every weight.
+    #[arg(long)]
+    pub lora: bool,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    /// LoRA alpha (scale = alpha / r).
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Dropout on the adapters' input (seeded).
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f64,
+    /// Projections to adapt (q,k,v,o,gate,up,down or their *_proj names; lm_head on untied models).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub lora_targets: Vec<String>,
+    /// Start the LoRA adapters from this PEFT adapter directory instead of a fresh init.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Training precision: f32, or bf16 compute with f32 master weights; auto = f32.
+    #[arg(long, default_value = "auto", value_name = "auto|f32|bf16")]
+    pub precision: String,
+    /// Optimizer steps to run [default: one epoch].
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<usize>,
+    /// Passes over the data.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Records per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Learning-rate schedule after the warm-up (HF formulas).
+    #[arg(long, default_value = "cosine", value_name = "constant|linear|cosine")]
+    pub lr_schedule: String,
+    /// Steps of linear warm-up from 0.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// AdamW decoupled weight decay (betas 0.9/0.999, eps 1e-8 as in PyTorch).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Truncate records to this many tokens [default: min(1024, the model's context)].
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Seed of shuffling, adapter init and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Shuffle the records every epoch (seeded).
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Evaluation data, JSONL (evaluated every --eval-every steps and at the end).
+    #[arg(long, value_name = "FILE")]
+    pub eval: Option<PathBuf>,
+    /// Evaluate every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+    /// Save a checkpoint every N steps (0 = only on Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: usize,
+    /// Continue from a checkpoint (a checkpoint directory, or an --out directory: its newest).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// dtype of the saved model after full fine-tuning [default: the base checkpoint's].
+    #[arg(long, value_name = "f32|bf16|f16")]
+    pub save_dtype: Option<String>,
+    /// Compute backend (auto, cpu, wgpu, cuda).
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|wgpu|cuda")]
+    pub backend: String,
+    /// Append one JSON object per optimizer step (step, loss, lr, grad_norm, tokens, seconds,
+    /// ...) and per evaluation (eval_loss) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json_log: Option<PathBuf>,
+}
+
+/// `qwen2 merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Base model directory.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// PEFT LoRA adapter directory.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// Output HF model directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// dtype of the merged weights [default: the base checkpoint's].
+    #[arg(long, value_name = "f32|bf16|f16")]
+    pub save_dtype: Option<String>,
 }

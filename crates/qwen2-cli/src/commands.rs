@@ -34,6 +34,8 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Run(a) => a.model.backend.clone(),
         Command::Chat(a) => a.model.backend.clone(),
         Command::Bench(a) => a.model.backend.clone(),
+        Command::Finetune(a) => a.backend.clone(),
+        Command::Merge(_) => "auto".into(),
         Command::Doctor(a) => return doctor(a.json),
         Command::Tokenize(a) => return crate::text_cmds::tokenize(a),
         Command::Detokenize(a) => return crate::text_cmds::detokenize(a),
@@ -101,6 +103,8 @@ fn run_on<P: Platform>(cli: Cli) -> CliResult {
         Command::Run(a) => crate::chat_cmds::run_cmd::<P>(a),
         Command::Chat(a) => crate::chat_cmds::chat_cmd::<P>(a),
         Command::Bench(a) => crate::bench::bench_cmd::<P>(a),
+        Command::Finetune(a) => crate::finetune_cmd::finetune_cmd::<P>(*a),
+        Command::Merge(a) => crate::finetune_cmd::merge_cmd::<P>(a),
         Command::Doctor(a) => doctor(a.json),
         Command::Tokenize(a) => crate::text_cmds::tokenize(&a),
         Command::Detokenize(a) => crate::text_cmds::detokenize(&a),
@@ -172,7 +176,11 @@ pub fn load<P: Platform>(
     if drawn {
         eprint!("\r\x1b[K");
     }
-    let model = model?;
+    let mut model = model?;
+    if let Some(dir) = &args.adapter {
+        let adapter = qwen2_burn::core::adapter::Adapter::open(dir)?;
+        adapter.attach(&mut model, burn::tensor::FloatDType::F32)?;
+    }
     tracing::info!(seconds = start.elapsed().as_secs_f64(), "model loaded");
     Ok(model)
 }

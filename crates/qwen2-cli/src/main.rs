@@ -7,6 +7,7 @@ mod chat_cmds;
 mod commands;
 mod diagnose;
 mod doctor;
+mod finetune_cmd;
 mod npy;
 mod options;
 mod text_cmds;

@@ -155,6 +155,14 @@ pub enum Error {
         message: String,
     },
 
+    /// A LoRA adapter that cannot be read or does not fit the base model.
+    #[error("adapter {path}: {message}")]
+    Adapter {
+        /// The adapter directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A plan or option that cannot run on the chosen device.
     #[error("{0}")]
     Invalid(String),

@@ -2,6 +2,7 @@
 //! graph over any burn backend, the KV cache, precision plans, sampling, generation, the
 //! tokenizer, chat templates and chat sessions.
 
+pub mod adapter;
 pub mod chat;
 pub mod config;
 pub mod diagnose;

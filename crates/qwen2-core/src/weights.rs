@@ -133,6 +133,24 @@ impl Checkpoint {
         }
     }
 
+    /// Opens one safetensors file (an adapter, a training checkpoint).
+    pub fn open_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let shard = Shard::open(path.clone())?;
+        let index = shard.tensors.keys().map(|k| (k.clone(), 0)).collect();
+        Ok(Checkpoint {
+            shards: vec![shard],
+            index,
+            description: path.display().to_string(),
+        })
+    }
+
+    /// The shape of tensor `name`, if the checkpoint holds it.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        let &i = self.index.get(name)?;
+        Some(&self.shards[i].tensors[name].shape)
+    }
+
     /// Whether the checkpoint holds a tensor of that name.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)

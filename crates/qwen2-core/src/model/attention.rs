@@ -1,4 +1,4 @@
-//! Grouped-query self-attention with q/k/v biases, RoPE and a causal mask.
+//! Grouped-query self-attention with q/k/v biases, RoPE, a causal mask and per-row key lengths.
 
 use burn::prelude::{Backend, Tensor};
 use burn::tensor::activation::softmax;
@@ -6,6 +6,7 @@ use burn::tensor::{FloatDType, TensorData};
 
 use std::sync::Arc;
 
+use super::batch::Batch;
 use super::fused::FusedKernels;
 use super::linear::Linear;
 use super::rope::Rope;
@@ -17,13 +18,13 @@ use crate::weights::Checkpoint;
 
 /// `model.layers.N.self_attn`.
 pub struct Attention<B: Backend> {
-    /// `[hidden, heads * head_dim]` + bias.
+    /// `q_proj`: weight `[heads * head_dim, hidden]` + bias.
     pub q_proj: Linear<B>,
-    /// `[hidden, kv_heads * head_dim]` + bias.
+    /// `k_proj`: weight `[kv_heads * head_dim, hidden]` + bias.
     pub k_proj: Linear<B>,
-    /// `[hidden, kv_heads * head_dim]` + bias.
+    /// `v_proj`: weight `[kv_heads * head_dim, hidden]` + bias.
     pub v_proj: Linear<B>,
-    /// `[heads * head_dim, hidden]`, no bias.
+    /// `o_proj`: weight `[hidden, heads * head_dim]`, no bias.
     pub o_proj: Linear<B>,
     /// Fused RoPE and attention, installed by the backend.
     pub kernels: Option<Arc<dyn FusedKernels<B>>>,
@@ -61,83 +62,112 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    /// `x`: `[seq, hidden]` (normed, matmul dtype) at positions `cache.len()..` →
-    /// `[seq, hidden]` in matmul dtype. Appends this call's keys/values to `cache` for `layer`.
+    /// `x`: `[batch * seq, hidden]` (normed, matmul dtype) for the rows of `rows`, at positions
+    /// `start..start + seq` → `[batch * seq, hidden]` in the residual-projection dtype. With a
+    /// `cache` (one row only) this call's keys/values are appended to it for `layer` and the
+    /// queries attend to everything cached; without one they attend to this call's keys.
     pub fn forward(
         &self,
         x: Tensor<B, 2>,
+        rows: &Batch,
+        start: usize,
         layer: usize,
-        cache: &mut KvCache<B>,
+        cache: Option<&mut KvCache<B>>,
         rope: &Rope<B>,
         plan: &PrecisionPlan,
     ) -> Tensor<B, 2> {
-        let [seq, _] = x.dims();
+        let (b, seq) = (rows.batch(), rows.seq());
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
         let rep = h / kvh;
-        let start = cache.len();
-        let split_heads = |t: Tensor<B, 2>, n: usize| t.reshape([seq, n, d]).swap_dims(0, 1);
 
-        if let Some(k) = self
+        let fused = self
             .kernels
             .as_ref()
-            .filter(|k| k.attention_supported(plan))
-        {
-            let q = self.q_proj.forward(x.clone(), plan.matmul);
-            let q = k.rope(&q, h, &rope.cos, &rope.sin, start);
-            let key = self.k_proj.forward(x.clone(), plan.matmul);
-            let key = k.rope(&key, kvh, &rope.cos, &rope.sin, start);
-            let v = self.v_proj.forward(x, plan.matmul);
-            let (keys, values) = cache.append(layer, split_heads(key, kvh), split_heads(v, kvh));
-            let out = k.attention(&q, &keys, &values, start, plan);
-            return self.o_proj.forward(out, plan.residual_projection);
+            .filter(|k| b == 1 && !rows.is_padded() && k.attention_supported(plan));
+        match (fused, cache) {
+            (Some(k), Some(cache)) => {
+                let split = |t: Tensor<B, 2>| t.reshape([seq, kvh, d]).swap_dims(0, 1);
+                let q = self.q_proj.forward(x.clone(), plan.matmul);
+                let q = k.rope(&q, h, &rope.cos, &rope.sin, start);
+                let key = self.k_proj.forward(x.clone(), plan.matmul);
+                let key = k.rope(&key, kvh, &rope.cos, &rope.sin, start);
+                let v = self.v_proj.forward(x, plan.matmul);
+                let (keys, values) = cache.append(layer, split(key), split(v));
+                let out = k.attention(&q, &keys, &values, start, plan);
+                self.o_proj.forward(out, plan.residual_projection)
+            }
+            (_, cache) => {
+                let split = |t: Tensor<B, 2>, n: usize| t.reshape([b, seq, n, d]).swap_dims(1, 2);
+                let q = split(self.q_proj.forward(x.clone(), plan.matmul), h);
+                let k = split(self.k_proj.forward(x.clone(), plan.matmul), kvh);
+                let v = split(self.v_proj.forward(x, plan.matmul), kvh);
+                let q = rope.apply(q, start);
+                let k = rope.apply(k, start);
+                let (keys, values) = match cache {
+                    Some(cache) => {
+                        let (keys, values) =
+                            cache.append(layer, k.squeeze_dim(0), v.squeeze_dim(0));
+                        (keys.unsqueeze_dim(0), values.unsqueeze_dim(0))
+                    }
+                    None => (k, v),
+                };
+                let total = keys.dims()[2];
+
+                // Group the `rep` query heads that share a kv head: [b, kvh, rep * seq, d].
+                let q = q
+                    .cast(plan.attention_scores)
+                    .reshape([b, kvh, rep * seq, d]);
+                let scale = 1.0 / (d as f64).sqrt();
+                let scores = q.matmul(keys.cast(plan.attention_scores).swap_dims(2, 3)) * scale;
+                let scores = if seq > 1 || rows.is_padded() {
+                    let mask = attention_mask::<B>(
+                        rows,
+                        rep,
+                        start,
+                        total,
+                        plan.attention_scores,
+                        &values.device(),
+                    );
+                    scores + mask
+                } else {
+                    scores
+                };
+                let probs = softmax(scores.cast(plan.softmax), 3);
+                let out = probs
+                    .cast(plan.matmul)
+                    .matmul(values.cast(plan.matmul))
+                    .reshape([b, h, seq, d])
+                    .swap_dims(1, 2)
+                    .reshape([b * seq, h * d]);
+                self.o_proj.forward(out, plan.residual_projection)
+            }
         }
-
-        let q = split_heads(self.q_proj.forward(x.clone(), plan.matmul), h);
-        let k = split_heads(self.k_proj.forward(x.clone(), plan.matmul), kvh);
-        let v = split_heads(self.v_proj.forward(x, plan.matmul), kvh);
-        let q = rope.apply(q, start);
-        let k = rope.apply(k, start);
-        let (keys, values) = cache.append(layer, k, v);
-        let total = start + seq;
-
-        // Group the `rep` query heads that share a kv head: [kvh, rep * seq, d].
-        let q = q.cast(plan.attention_scores).reshape([kvh, rep * seq, d]);
-        let scale = 1.0 / (d as f64).sqrt();
-        let scores = q.matmul(keys.cast(plan.attention_scores).swap_dims(1, 2)) * scale;
-        let scores = if seq > 1 {
-            scores + causal_mask::<B>(rep, seq, start, plan.attention_scores, &values.device())
-        } else {
-            scores
-        };
-        let probs = softmax(scores.cast(plan.softmax), 2);
-        let out = probs
-            .cast(plan.matmul)
-            .matmul(values.cast(plan.matmul))
-            .reshape([h, seq, d])
-            .swap_dims(0, 1)
-            .reshape([seq, h * d]);
-        debug_assert_eq!(total, cache.len() + seq);
-        self.o_proj.forward(out, plan.residual_projection)
     }
 }
 
-/// Additive mask `[1, rep * seq, start + seq]`: row `r` is query `r % seq` at absolute position
-/// `start + r % seq`, which sees keys `0..=start + r % seq`.
-fn causal_mask<B: Backend>(
+/// Additive mask `[batch, 1, rep * seq, total]`: in row `r`, query row `q` is the query at
+/// absolute position `start + q % seq`; it sees key `j` when `j <= start + q % seq` (causal)
+/// and `j < start + lengths[r]` (the row's padding is hidden). Padded queries still see the
+/// row's real keys, so no row of the softmax is empty.
+fn attention_mask<B: Backend>(
+    rows: &Batch,
     rep: usize,
-    seq: usize,
     start: usize,
+    total: usize,
     dtype: FloatDType,
     device: &B::Device,
-) -> Tensor<B, 3> {
-    let total = start + seq;
-    let mut mask = vec![0f32; rep * seq * total];
-    for r in 0..rep * seq {
-        let visible = start + r % seq + 1;
-        mask[r * total + visible..(r + 1) * total].fill(f32::NEG_INFINITY);
+) -> Tensor<B, 4> {
+    let (b, seq) = (rows.batch(), rows.seq());
+    let mut mask = vec![0f32; b * rep * seq * total];
+    for (r, &len) in rows.lengths().iter().enumerate() {
+        for qr in 0..rep * seq {
+            let visible = (start + qr % seq + 1).min(start + len).min(total);
+            let row = (r * rep * seq + qr) * total;
+            mask[row + visible..row + total].fill(f32::NEG_INFINITY);
+        }
     }
     Tensor::from_data(
-        TensorData::new(mask, [1, rep * seq, total]),
+        TensorData::new(mask, [b, 1, rep * seq, total]),
         (device, dtype.into()),
     )
 }

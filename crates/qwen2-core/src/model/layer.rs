@@ -4,6 +4,7 @@ use burn::prelude::{Backend, Tensor};
 use burn::tensor::FloatDType;
 
 use super::attention::Attention;
+use super::batch::Batch;
 use super::mlp::{observe, Mlp};
 use super::norm::RmsNorm;
 use super::rope::Rope;
@@ -56,11 +57,15 @@ impl<B: Backend> DecoderLayer<B> {
         })
     }
 
-    /// `x`: residual stream `[seq, hidden]` in the residual dtype → the same, one layer on.
+    /// `x`: residual stream `[batch * seq, hidden]` of `rows` at positions `start..`, in the
+    /// residual dtype → the same, one layer on.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: Tensor<B, 2>,
-        cache: &mut KvCache<B>,
+        rows: &Batch,
+        start: usize,
+        cache: Option<&mut KvCache<B>>,
         rope: &Rope<B>,
         plan: &PrecisionPlan,
         obs: &mut dyn Observer<B>,
@@ -70,7 +75,7 @@ impl<B: Backend> DecoderLayer<B> {
             .input_layernorm
             .forward(x.clone(), plan.norm, plan.matmul);
         observe(obs, Site::layer(i, Op::InputNorm), &h);
-        let attn = self.self_attn.forward(h, i, cache, rope, plan);
+        let attn = self.self_attn.forward(h, rows, start, i, cache, rope, plan);
         observe(obs, Site::layer(i, Op::AttentionOutput), &attn);
         let x = x + attn.cast(plan.residual);
         observe(obs, Site::layer(i, Op::AttentionResidual), &x);

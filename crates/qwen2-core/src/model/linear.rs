@@ -1,10 +1,12 @@
-//! A projection `y = x W + b` with the weight stored `[in, out]` (transposed from HF's `[out, in]`).
+//! A projection `y = x Wᵀ + b` with the weight kept in HF's `[out, in]` layout, optionally with a
+//! LoRA adapter (`+ scale · (x Aᵀ) Bᵀ`).
 
 use std::sync::Arc;
 
 use burn::prelude::{Backend, Tensor};
 use burn::tensor::FloatDType;
 
+use super::lora::LoraAdapter;
 use crate::error::Result;
 use crate::weights::Checkpoint;
 
@@ -13,8 +15,8 @@ use crate::weights::Checkpoint;
 /// It must compute what the plan says: inputs rounded to `compute`, f32 accumulation, the
 /// result in `compute`.
 pub trait MatmulKernel<B: Backend>: Send + Sync {
-    /// `x` `[m, in]` × `weight` `[in, out]` (the weight dtype; possibly a transposed view) →
-    /// `[m, out]` in `compute`, or `None` to leave this case to burn's matmul.
+    /// `x` `[m, in]` × `weight` `[in, out]` (the weight dtype; a transposed view of the
+    /// `[out, in]` memory) → `[m, out]` in `compute`, or `None` to leave this case to burn.
     fn matmul(
         &self,
         x: &Tensor<B, 2>,
@@ -25,13 +27,15 @@ pub trait MatmulKernel<B: Backend>: Send + Sync {
 
 /// A linear projection.
 pub struct Linear<B: Backend> {
-    /// Weight, `[in, out]` (a transposed view of HF's `[out, in]` memory), in the plan's
-    /// weight dtype.
+    /// Weight, `[out, in]` (HF's layout, so gradients and saved files need no transpose), in
+    /// the plan's weight dtype.
     pub weight: Tensor<B, 2>,
     /// Bias, `[out]`, if the HF module has one.
     pub bias: Option<Tensor<B, 1>>,
     /// A faster product for some shapes, installed by the backend.
     pub kernel: Option<Arc<dyn MatmulKernel<B>>>,
+    /// A LoRA adapter added to the output, if one is attached.
+    pub lora: Option<LoraAdapter<B>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -45,10 +49,8 @@ impl<B: Backend> Linear<B> {
         dtype: FloatDType,
         device: &B::Device,
     ) -> Result<Self> {
-        // Kept in HF's [out, in] memory order and used through an [in, out] view: one-row
-        // products then stream each output's weights contiguously.
         let w = ckpt.load(&format!("{prefix}.weight"), &[out, inp], dtype, false)?;
-        let weight = Tensor::<B, 2>::from_data(w, (device, dtype.into())).transpose();
+        let weight = Tensor::<B, 2>::from_data(w, (device, dtype.into()));
         let bias = if bias {
             let b = ckpt.load(&format!("{prefix}.bias"), &[out], dtype, false)?;
             Some(Tensor::from_data(b, (device, dtype.into())))
@@ -59,23 +61,42 @@ impl<B: Backend> Linear<B> {
             weight,
             bias,
             kernel: None,
+            lora: None,
         })
     }
 
-    /// `x`: `[seq, in]` in `compute` dtype → `[seq, out]` in `compute` dtype.
+    /// `[in, out]` features of the projection.
+    pub fn shape(&self) -> [usize; 2] {
+        let [out, inp] = self.weight.dims();
+        [inp, out]
+    }
+
+    /// `x`: `[rows, in]` in `compute` dtype → `[rows, out]` in `compute` dtype.
     pub fn forward(&self, x: Tensor<B, 2>, compute: FloatDType) -> Tensor<B, 2> {
         let x = x.cast(compute);
-        let fast = self
-            .kernel
-            .as_ref()
-            .and_then(|k| k.matmul(&x, &self.weight, compute));
-        let y = match fast {
-            Some(y) => y,
-            None => x.matmul(self.weight.clone().cast(compute)),
-        };
-        match &self.bias {
+        let y = project(&x, &self.weight, self.kernel.as_ref(), compute);
+        let y = match &self.bias {
             Some(b) => y + b.clone().cast(compute).unsqueeze_dim(0),
             None => y,
+        };
+        match &self.lora {
+            Some(lora) => y + lora.forward(x, compute),
+            None => y,
         }
+    }
+}
+
+/// `x` `[rows, in]` × `weight`ᵀ (`weight` `[out, in]`) → `[rows, out]`, all in `compute`,
+/// through `kernel` where it takes the shape.
+pub(crate) fn project<B: Backend>(
+    x: &Tensor<B, 2>,
+    weight: &Tensor<B, 2>,
+    kernel: Option<&Arc<dyn MatmulKernel<B>>>,
+    compute: FloatDType,
+) -> Tensor<B, 2> {
+    let fast = kernel.and_then(|k| k.matmul(x, &weight.clone().transpose(), compute));
+    match fast {
+        Some(y) => y,
+        None => x.clone().matmul(weight.clone().cast(compute).transpose()),
     }
 }

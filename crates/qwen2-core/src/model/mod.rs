@@ -2,11 +2,14 @@
 //! [`PrecisionPlan`]; every boundary between roles is an explicit cast.
 
 mod attention;
+mod batch;
 mod fused;
 mod layer;
 mod linear;
+mod lora;
 mod mlp;
 mod norm;
+mod params;
 mod rope;
 
 use std::path::Path;
@@ -15,11 +18,14 @@ use burn::prelude::{Backend, Int, Tensor};
 use burn::tensor::TensorData;
 
 pub use attention::Attention;
+pub use batch::Batch;
 pub use fused::FusedKernels;
 pub use layer::DecoderLayer;
 pub use linear::{Linear, MatmulKernel};
+pub use lora::{LoraAdapter, LoraDropout};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
+pub use params::{WeightKind, WeightMut};
 pub use rope::{inverse_frequencies, Rope};
 
 use crate::config::Qwen2Config;
@@ -47,8 +53,10 @@ pub struct Qwen2Model<B: Backend> {
     pub layers: Vec<DecoderLayer<B>>,
     /// `model.norm`, `[hidden]`.
     pub norm: RmsNorm<B>,
-    /// `lm_head`, `[hidden, vocab]`; a transposed view of `embed_tokens` when tied.
-    pub lm_head: Linear<B>,
+    /// `lm_head`, weight `[vocab, hidden]`; `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    /// The backend's product for the tied head (which has no `Linear` of its own).
+    tied_head_kernel: Option<std::sync::Arc<dyn MatmulKernel<B>>>,
     /// RoPE tables for every position of the context.
     pub rope: Rope<B>,
     config: Qwen2Config,
@@ -123,7 +131,7 @@ impl<B: Backend> Qwen2Model<B> {
                     "tie_word_embeddings is set but lm_head.weight exists; using lm_head.weight"
                 );
             }
-            Linear::load(
+            Some(Linear::load(
                 ckpt,
                 "lm_head",
                 c.hidden_size,
@@ -131,13 +139,9 @@ impl<B: Backend> Qwen2Model<B> {
                 false,
                 w,
                 device,
-            )?
+            )?)
         } else if c.tie_word_embeddings {
-            Linear {
-                weight: embed_tokens.clone().transpose(),
-                bias: None,
-                kernel: None,
-            }
+            None
         } else {
             return Err(Error::MissingTensor {
                 name: "lm_head.weight".into(),
@@ -151,6 +155,7 @@ impl<B: Backend> Qwen2Model<B> {
             layers,
             norm,
             lm_head,
+            tied_head_kernel: None,
             rope,
             config,
             plan,
@@ -176,7 +181,10 @@ impl<B: Backend> Qwen2Model<B> {
                 linear.kernel = Some(kernel.clone());
             }
         }
-        self.lm_head.kernel = Some(kernel);
+        match &mut self.lm_head {
+            Some(head) => head.kernel = Some(kernel),
+            None => self.tied_head_kernel = Some(kernel),
+        }
     }
 
     /// Runs SwiGLU, RoPE and attention through `kernels` where they support the plan; the
@@ -240,31 +248,97 @@ impl<B: Backend> Qwen2Model<B> {
         which: LogitsFor,
         obs: &mut dyn Observer<B>,
     ) -> Result<Tensor<B, 2>> {
-        self.check_input(ids, cache)?;
-        let plan = &self.plan;
+        self.check_input(ids, cache.len())?;
+        cache.check_room(ids.len())?;
+        let rows = Batch::single(ids);
+        let start = cache.len();
+        let x = self.layers_forward(&rows, start, Some(cache), obs);
+        cache.advance(ids.len());
         let seq = ids.len();
-        let idx = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [seq]),
-            &self.device,
-        );
-        let mut x = self.embed_tokens.clone().select(0, idx).cast(plan.residual);
-        observe(obs, Site::global(Op::Embedding), &x);
-        for layer in &self.layers {
-            x = layer.forward(x, cache, &self.rope, plan, obs);
-        }
-        cache.advance(seq);
-        if which == LogitsFor::Last && seq > 1 {
-            let hidden = self.config.hidden_size;
-            x = x.slice([seq - 1..seq, 0..hidden]);
-        }
-        let h = self.norm.forward(x, plan.norm, plan.matmul);
-        observe(obs, Site::global(Op::FinalNorm), &h);
-        let logits = self.lm_head.forward(h, plan.matmul).cast(plan.logits);
-        observe(obs, Site::global(Op::Logits), &logits);
-        Ok(logits)
+        let x = if which == LogitsFor::Last && seq > 1 {
+            x.slice([seq - 1..seq, 0..self.config.hidden_size])
+        } else {
+            x
+        };
+        Ok(self.head(x, obs))
     }
 
-    fn check_input(&self, ids: &[u32], cache: &KvCache<B>) -> Result<()> {
+    /// Runs every row of `rows` from position 0 without a KV cache (training, scoring) and
+    /// returns the residual stream after the last layer, `[batch * seq, hidden]` in the
+    /// residual dtype (before the final norm). Padded positions hold meaningless values.
+    pub fn forward_hidden(&self, rows: &Batch, obs: &mut dyn Observer<B>) -> Result<Tensor<B, 2>> {
+        for r in 0..rows.batch() {
+            self.check_input(rows.row(r), 0)?;
+        }
+        Ok(self.layers_forward(rows, 0, None, obs))
+    }
+
+    /// Logits of every position of every row, `[batch * seq, vocab]` in the logits dtype.
+    pub fn forward_batch(&self, rows: &Batch, obs: &mut dyn Observer<B>) -> Result<Tensor<B, 2>> {
+        let x = self.forward_hidden(rows, obs)?;
+        Ok(self.head(x, obs))
+    }
+
+    /// Final norm and `lm_head`: `x` `[n, hidden]` (residual stream) → logits `[n, vocab]` in
+    /// the plan's logits dtype.
+    pub fn head(&self, x: Tensor<B, 2>, obs: &mut dyn Observer<B>) -> Tensor<B, 2> {
+        let plan = &self.plan;
+        let h = self.norm.forward(x, plan.norm, plan.matmul);
+        observe(obs, Site::global(Op::FinalNorm), &h);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(h, plan.matmul),
+            None => {
+                let h = h.cast(plan.matmul);
+                linear::project(
+                    &h,
+                    &self.embed_tokens,
+                    self.tied_head_kernel.as_ref(),
+                    plan.matmul,
+                )
+            }
+        }
+        .cast(plan.logits);
+        observe(obs, Site::global(Op::Logits), &logits);
+        logits
+    }
+
+    /// Embedding and every decoder layer: `[batch * seq, hidden]` in the residual dtype.
+    fn layers_forward(
+        &self,
+        rows: &Batch,
+        start: usize,
+        mut cache: Option<&mut KvCache<B>>,
+        obs: &mut dyn Observer<B>,
+    ) -> Tensor<B, 2> {
+        let ids = rows.ids();
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [ids.len()],
+            ),
+            &self.device,
+        );
+        let mut x = self
+            .embed_tokens
+            .clone()
+            .select(0, idx)
+            .cast(self.plan.residual);
+        observe(obs, Site::global(Op::Embedding), &x);
+        for layer in &self.layers {
+            x = layer.forward(
+                x,
+                rows,
+                start,
+                cache.as_deref_mut(),
+                &self.rope,
+                &self.plan,
+                obs,
+            );
+        }
+        x
+    }
+
+    fn check_input(&self, ids: &[u32], start: usize) -> Result<()> {
         if ids.is_empty() {
             return Err(Error::EmptyInput);
         }
@@ -277,7 +351,7 @@ impl<B: Backend> Qwen2Model<B> {
                 vocab_size: vocab,
             });
         }
-        let needed = cache.len() + ids.len();
+        let needed = start + ids.len();
         if needed > self.context_length() {
             return Err(Error::ContextOverflow {
                 requested: needed,
@@ -285,7 +359,7 @@ impl<B: Backend> Qwen2Model<B> {
                 limit: "the model's context length (max_position_embeddings)".into(),
             });
         }
-        cache.check_room(ids.len())
+        Ok(())
     }
 }
 

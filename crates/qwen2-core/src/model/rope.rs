@@ -98,25 +98,22 @@ impl<B: Backend> Rope<B> {
         self.cos.dims()[0]
     }
 
-    /// Rotates `x`: `[heads, seq, head_dim]` at absolute positions `start..start + seq`.
-    /// Computed in f32; returns f32.
-    pub fn apply(&self, x: Tensor<B, 3>, start: usize) -> Tensor<B, 3> {
-        let [heads, seq, dim] = x.dims();
+    /// Rotates `x`: `[batch, heads, seq, head_dim]` at absolute positions `start..start + seq`
+    /// (the same for every row). Computed in f32; returns f32.
+    pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
+        let [batch, heads, seq, dim] = x.dims();
         let x = x.cast(FloatDType::F32);
-        let cos = self
-            .cos
-            .clone()
-            .slice([start..start + seq, 0..self.half])
-            .unsqueeze_dim::<3>(0);
-        let sin = self
-            .sin
-            .clone()
-            .slice([start..start + seq, 0..self.half])
-            .unsqueeze_dim::<3>(0);
-        let x1 = x.clone().slice([0..heads, 0..seq, 0..self.half]);
-        let x2 = x.slice([0..heads, 0..seq, self.half..dim]);
+        let table = |t: &Tensor<B, 2>| {
+            t.clone()
+                .slice([start..start + seq, 0..self.half])
+                .unsqueeze_dim::<3>(0)
+                .unsqueeze_dim::<4>(0)
+        };
+        let (cos, sin) = (table(&self.cos), table(&self.sin));
+        let x1 = x.clone().slice([0..batch, 0..heads, 0..seq, 0..self.half]);
+        let x2 = x.slice([0..batch, 0..heads, 0..seq, self.half..dim]);
         let first = x1.clone() * cos.clone() - x2.clone() * sin.clone();
         let second = x2 * cos + x1 * sin;
-        Tensor::cat(vec![first, second], 2)
+        Tensor::cat(vec![first, second], 3)
     }
 }

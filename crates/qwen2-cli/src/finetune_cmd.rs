@@ -1,0 +1,270 @@
+//! `qwen2 finetune` and `qwen2 merge`: argument handling, progress and the JSON log around
+//! qwen2-train's [`Trainer`].
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::tensor::FloatDType;
+use qwen2_burn::core::adapter::Adapter;
+use qwen2_burn::core::{Platform, PrecisionPlan, Qwen2Model};
+use qwen2_train::{
+    Autodiff, Event, FinetuneOptions, Length, LoraOptions, TrainError, TrainPrecision, Trainer,
+};
+
+use crate::args::{FinetuneArgs, MergeArgs};
+use crate::commands::{device_of, CliResult};
+
+/// Set by SIGINT: the trainer saves a checkpoint after the current step and stops.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+    // A second Ctrl-C ends the process at once.
+    // SAFETY: signal() is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+}
+
+/// Maps `q` to `q_proj` etc. and checks nothing else here (the trainer names unknown ones).
+fn target_name(t: &str) -> String {
+    match t {
+        "q" | "k" | "v" | "o" | "gate" | "up" | "down" => format!("{t}_proj"),
+        other => other.to_string(),
+    }
+}
+
+/// Builds the library options from the command line.
+pub fn options(a: &FinetuneArgs, hw_bf16: bool) -> CliResult<FinetuneOptions> {
+    let mut o = FinetuneOptions::new(&a.model, &a.data, &a.out);
+    if a.lora {
+        o.lora = Some(LoraOptions {
+            r: a.lora_r,
+            alpha: a.lora_alpha,
+            dropout: a.lora_dropout,
+            targets: a.lora_targets.iter().map(|t| target_name(t)).collect(),
+        });
+        o.init_adapter = a.adapter.clone();
+    } else if a.adapter.is_some() {
+        return Err("--adapter (start from an existing adapter) needs --lora".into());
+    }
+    o.precision = match a.precision.as_str() {
+        "auto" => TrainPrecision::F32,
+        p => p.parse::<TrainPrecision>()?,
+    };
+    if o.precision == TrainPrecision::Bf16 && !hw_bf16 {
+        return Err(
+            "--precision bf16: this device cannot compute in bf16; use --precision f32".into(),
+        );
+    }
+    o.length = match (a.steps, a.epochs) {
+        (Some(_), Some(_)) => return Err("give --steps or --epochs, not both".into()),
+        (Some(n), None) => Length::Steps(n),
+        (None, Some(n)) => Length::Epochs(n),
+        (None, None) => Length::Epochs(1),
+    };
+    o.batch_size = a.batch_size;
+    o.grad_accum = a.grad_accum;
+    o.lr = a.lr;
+    o.lr_schedule = a.lr_schedule.parse()?;
+    o.warmup_steps = a.warmup_steps;
+    o.adamw.weight_decay = a.weight_decay;
+    o.max_grad_norm = a.max_grad_norm;
+    o.max_seq_len = a.max_seq_len;
+    o.seed = a.seed;
+    o.shuffle = a.shuffle;
+    o.eval = a.eval.clone();
+    o.eval_every = a.eval_every;
+    o.save_every = a.save_every;
+    o.resume = a.resume.clone();
+    o.save_dtype = match a.save_dtype.as_deref() {
+        None => None,
+        Some("f32") => Some(FloatDType::F32),
+        Some("bf16") => Some(FloatDType::BF16),
+        Some("f16") => Some(FloatDType::F16),
+        Some(other) => {
+            return Err(format!("--save-dtype {other}: expected f32, bf16 or f16").into())
+        }
+    };
+    Ok(o)
+}
+
+/// Draws `step 5/20 [####------] loss 5.1234 lr 1.0e-3 1234 tok/s ETA 0:12` on stderr.
+struct Progress {
+    show: bool,
+    start: Instant,
+    first_step: usize,
+    total: usize,
+}
+
+impl Progress {
+    fn step(&self, r: &qwen2_train::StepRecord, tokens_done: usize) {
+        if !self.show {
+            return;
+        }
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let done = r.step - self.first_step;
+        let eta = elapsed / done.max(1) as f64 * (self.total - r.step) as f64;
+        let width = 24;
+        let filled = width * r.step / self.total.max(1);
+        eprint!(
+            "\rstep {}/{} [{}{}] loss {:.4} lr {:.2e} {:.0} tok/s ETA {}:{:02}\x1b[K",
+            r.step,
+            self.total,
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            r.loss,
+            r.lr,
+            tokens_done as f64 / elapsed.max(1e-9),
+            (eta as u64) / 60,
+            (eta as u64) % 60
+        );
+    }
+
+    fn clear(&self) {
+        if self.show {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// `qwen2 finetune`.
+pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
+    let device = device_of::<P>()?;
+    let hw = P::probe(&device);
+    let opts = options(&a, hw.supports_bf16)?;
+    if a.precision == "auto" {
+        tracing::info!("--precision auto trains in f32 (master weights and compute)");
+    }
+    let mut log = match &a.json_log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("--json-log {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut trainer = Trainer::<Autodiff<P::B>>::new(opts, &device)?;
+    let data = trainer.dataset();
+    eprintln!(
+        "fine-tuning {} ({}, {}) on {} records of {}{}: {} steps from step {}, {} trained tensors ({} values), backend {}",
+        a.model.display(),
+        if a.lora { "LoRA" } else { "full" },
+        trainer.options().precision,
+        data.examples.len(),
+        data.path.display(),
+        if data.truncated > 0 { format!(" ({} truncated to --max-seq-len)", data.truncated) } else { String::new() },
+        trainer.total_steps(),
+        trainer.steps_done(),
+        trainer.trained().count(),
+        trainer.trained().map(|(_, n)| n).sum::<usize>(),
+        P::NAME,
+    );
+    // SAFETY: installs a handler that only stores to an atomic and resets the disposition.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+    let progress = Progress {
+        show: std::io::stderr().is_terminal(),
+        start: Instant::now(),
+        first_step: trainer.steps_done(),
+        total: trainer.total_steps(),
+    };
+    let mut tokens = 0;
+    let mut last = None;
+    let mut write_log = |value: serde_json::Value| -> std::io::Result<()> {
+        if let Some(f) = log.as_mut() {
+            writeln!(f, "{value}")?;
+            f.flush()?;
+        }
+        Ok(())
+    };
+    let mut log_error = None;
+    let result = trainer.run(&STOP, &mut |event| {
+        let value = match event {
+            Event::Step(r) => {
+                tokens += r.tokens;
+                progress.step(r, tokens);
+                last = Some(r.clone());
+                serde_json::to_value(r).expect("record serializes")
+            }
+            Event::Eval(e) => {
+                progress.clear();
+                eprintln!(
+                    "step {}: eval loss {:.4} over {} tokens",
+                    e.step, e.eval_loss, e.eval_tokens
+                );
+                serde_json::to_value(e).expect("record serializes")
+            }
+            Event::Checkpoint(dir) => {
+                progress.clear();
+                eprintln!("checkpoint {}", dir.display());
+                return;
+            }
+        };
+        if let Err(e) = write_log(value) {
+            log_error.get_or_insert(e);
+        }
+    });
+    progress.clear();
+    if let Some(e) = log_error {
+        eprintln!("warning: writing --json-log failed: {e}");
+    }
+    match result {
+        Ok(()) => {
+            let secs = progress.start.elapsed().as_secs_f64();
+            if let Some(r) = last {
+                eprintln!(
+                    "done: {} steps in {secs:.1}s ({:.0} tok/s), last loss {:.4}; {} saved in {}",
+                    r.step,
+                    tokens as f64 / secs.max(1e-9),
+                    r.loss,
+                    if a.lora { "adapter" } else { "model" },
+                    a.out.display()
+                );
+            }
+            Ok(())
+        }
+        Err(TrainError::Interrupted { step, checkpoint }) => {
+            eprintln!(
+                "interrupted after step {step}; resume with: qwen2 finetune ... --resume {}",
+                checkpoint.display()
+            );
+            std::process::exit(130);
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `qwen2 merge`: base + adapter → an HF model directory with `W + scale · B A` in each
+/// adapted projection.
+pub fn merge_cmd<P: Platform>(a: MergeArgs) -> CliResult {
+    let device = device_of::<P>()?;
+    let mut model = Qwen2Model::<P::B>::load(&a.model, PrecisionPlan::F32, &device)?;
+    let adapter = Adapter::open(&a.adapter)?;
+    let adapted = adapter.attach(&mut model, FloatDType::F32)?;
+    model.merge_adapters();
+    let dtype = match a.save_dtype.as_deref() {
+        None => match model.config().torch_dtype.as_deref() {
+            Some("bfloat16") => FloatDType::BF16,
+            Some("float16") => FloatDType::F16,
+            _ => FloatDType::F32,
+        },
+        Some("f32") => FloatDType::F32,
+        Some("bf16") => FloatDType::BF16,
+        Some("f16") => FloatDType::F16,
+        Some(other) => {
+            return Err(format!("--save-dtype {other}: expected f32, bf16 or f16").into())
+        }
+    };
+    qwen2_train::save::save_model_dir(&mut model, &a.model, &a.out, dtype)?;
+    eprintln!(
+        "merged {adapted} adapted projections of {} into {}",
+        a.adapter.display(),
+        a.out.display()
+    );
+    Ok(())
+}

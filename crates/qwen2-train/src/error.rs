@@ -1,0 +1,98 @@
+//! Errors of fine-tuning: each names the file, line, tensor or option at fault.
+
+use std::path::PathBuf;
+
+/// A fine-tuning error.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Loading or running the model failed.
+    #[error(transparent)]
+    Model(#[from] qwen2_core::Error),
+    /// A line of a JSONL data file is not a valid record.
+    #[error("{path}:{line}: {message}")]
+    Data {
+        /// The data file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A data file holds no usable record.
+    #[error("{path}: {message}")]
+    EmptyData {
+        /// The data file.
+        path: PathBuf,
+        /// Why nothing could be used.
+        message: String,
+    },
+    /// An option or combination of options is invalid.
+    #[error("invalid option {option}: {message}")]
+    Option {
+        /// The option, e.g. `--lora-targets`.
+        option: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An adapter directory does not fit the base model or is not a PEFT LoRA adapter.
+    #[error("adapter {path}: {message}")]
+    Adapter {
+        /// The adapter directory or file.
+        path: PathBuf,
+        /// What does not fit.
+        message: String,
+    },
+    /// A checkpoint to resume from is missing, damaged or from another run.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// What does not fit.
+        message: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The loss or the gradients became NaN or infinite.
+    #[error("non-finite {what} at optimizer step {step}; try a lower --lr, a smaller --max-grad-norm, or --precision f32")]
+    NonFinite {
+        /// `loss` or `gradient norm`.
+        what: String,
+        /// 0-based optimizer step.
+        step: usize,
+    },
+    /// Training was interrupted (Ctrl-C) after saving a checkpoint.
+    #[error("interrupted at step {step}; checkpoint saved in {checkpoint}")]
+    Interrupted {
+        /// Steps completed.
+        step: usize,
+        /// Where the state was saved (resume with `--resume`).
+        checkpoint: PathBuf,
+    },
+}
+
+impl TrainError {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An invalid option.
+    pub fn option(option: &str, message: impl Into<String>) -> Self {
+        TrainError::Option {
+            option: option.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Result with [`TrainError`].
+pub type Result<T> = std::result::Result<T, TrainError>;

@@ -1,0 +1,26 @@
+//! qwen2-train: fine-tuning Qwen2 / Qwen2.5 (full and LoRA) on burn's autodiff, with
+//! PyTorch's and HF Trainer's semantics: masked causal cross-entropy averaged over the label
+//! tokens of an optimizer step, gradient accumulation, global-norm clipping, AdamW with f32
+//! state, HF's LR schedules, PEFT-format adapters, checkpoints that resume bit for bit.
+//!
+//! The model is the inference graph of `qwen2-core` on `burn::backend::Autodiff<B>`: trained
+//! weights are f32 tensors marked `require_grad`, frozen ones plain tensors, and the precision
+//! plan's casts (differentiable) give bf16 compute where asked.
+
+pub mod batches;
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod lora;
+pub mod optim;
+pub mod options;
+pub mod save;
+pub mod schedule;
+pub mod trainer;
+
+pub use burn::backend::Autodiff;
+pub use error::{Result, TrainError};
+pub use lora::LoraOptions;
+pub use options::{FinetuneOptions, Length, TrainPrecision};
+pub use schedule::LrSchedule;
+pub use trainer::{EvalRecord, Event, StepRecord, Trainer};

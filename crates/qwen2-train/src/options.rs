@@ -1,0 +1,162 @@
+//! What a fine-tuning run is asked to do.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use burn::tensor::FloatDType;
+use qwen2_core::precision::{Policy, PrecisionPlan};
+use serde::{Deserialize, Serialize};
+
+use crate::lora::LoraOptions;
+use crate::optim::AdamWConfig;
+use crate::schedule::LrSchedule;
+
+/// How a run trains numerically. Trained weights and optimizer state are f32 in every policy
+/// (master weights); the policy decides what the forward and backward passes compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrainPrecision {
+    /// Everything in f32.
+    F32,
+    /// bf16 compute per the inference `bf16` plan (norms, softmax, logits and loss in f32).
+    Bf16,
+}
+
+impl TrainPrecision {
+    /// The `--precision` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainPrecision::F32 => "f32",
+            TrainPrecision::Bf16 => "bf16",
+        }
+    }
+
+    /// The graph's plan: the inference policy's dtypes, with weights held in `weights` (f32
+    /// master weights when they are trained; the compute dtype when they are frozen).
+    pub fn plan(self, trained_base: bool) -> PrecisionPlan {
+        let plan = match self {
+            TrainPrecision::F32 => Policy::F32.plan(),
+            TrainPrecision::Bf16 => Policy::Bf16.plan(),
+        };
+        PrecisionPlan {
+            weights: if trained_base {
+                FloatDType::F32
+            } else {
+                plan.weights
+            },
+            ..plan
+        }
+    }
+}
+
+impl fmt::Display for TrainPrecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TrainPrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(TrainPrecision::F32),
+            "bf16" => Ok(TrainPrecision::Bf16),
+            _ => Err(format!(
+                "unknown training precision '{s}' (expected f32 or bf16)"
+            )),
+        }
+    }
+}
+
+/// How long to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Length {
+    /// This many optimizer steps.
+    Steps(usize),
+    /// This many passes over the data.
+    Epochs(usize),
+}
+
+/// Everything a fine-tuning run needs. [`FinetuneOptions::new`] gives the CLI's defaults.
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    /// HF model directory of the base model.
+    pub model: PathBuf,
+    /// JSONL training data.
+    pub data: PathBuf,
+    /// Output directory (adapter or model, checkpoints under `checkpoints/`).
+    pub out: PathBuf,
+    /// LoRA (`Some`) or full fine-tuning (`None`).
+    pub lora: Option<LoraOptions>,
+    /// Start the adapters from this PEFT adapter directory instead of a fresh init.
+    pub init_adapter: Option<PathBuf>,
+    /// Numerics.
+    pub precision: TrainPrecision,
+    /// Steps or epochs.
+    pub length: Length,
+    /// Records per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Schedule after warm-up.
+    pub lr_schedule: LrSchedule,
+    /// Linear warm-up steps from 0.
+    pub warmup_steps: usize,
+    /// AdamW constants and weight decay.
+    pub adamw: AdamWConfig,
+    /// Global gradient-norm clip (0 = off).
+    pub max_grad_norm: f64,
+    /// Records are truncated to this many tokens (default: min(1024, context)).
+    pub max_seq_len: Option<usize>,
+    /// Seed of shuffling, adapter init and dropout.
+    pub seed: u64,
+    /// Shuffle records each epoch.
+    pub shuffle: bool,
+    /// JSONL evaluation data.
+    pub eval: Option<PathBuf>,
+    /// Evaluate every N steps (and at the end); 0 = only at the end.
+    pub eval_every: usize,
+    /// Save a checkpoint every N steps; 0 = never (the final result is always saved).
+    pub save_every: usize,
+    /// Continue from this checkpoint directory.
+    pub resume: Option<PathBuf>,
+    /// dtype of a saved full model (default: the base checkpoint's).
+    pub save_dtype: Option<FloatDType>,
+}
+
+impl FinetuneOptions {
+    /// The defaults of `qwen2 finetune`.
+    pub fn new(
+        model: impl Into<PathBuf>,
+        data: impl Into<PathBuf>,
+        out: impl Into<PathBuf>,
+    ) -> Self {
+        FinetuneOptions {
+            model: model.into(),
+            data: data.into(),
+            out: out.into(),
+            lora: None,
+            init_adapter: None,
+            precision: TrainPrecision::F32,
+            length: Length::Epochs(1),
+            batch_size: 4,
+            grad_accum: 1,
+            lr: 2e-4,
+            lr_schedule: LrSchedule::Cosine,
+            warmup_steps: 0,
+            adamw: AdamWConfig::default(),
+            max_grad_norm: 1.0,
+            max_seq_len: None,
+            seed: 0,
+            shuffle: false,
+            eval: None,
+            eval_every: 0,
+            save_every: 0,
+            resume: None,
+            save_dtype: None,
+        }
+    }
+}

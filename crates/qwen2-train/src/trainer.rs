@@ -1,0 +1,538 @@
+//! The training loop: forward on burn's autodiff, masked causal cross-entropy, gradient
+//! accumulation, global-norm clipping, AdamW and the LR schedule, with HF Trainer's semantics.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::prelude::{Int, Tensor};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::cast::ToElement;
+use burn::tensor::{FloatDType, TensorData};
+use qwen2_core::adapter::Adapter;
+use qwen2_core::model::{context_length, Batch, Qwen2Model, WeightKind, WeightMut};
+use qwen2_core::observe::NoObserver;
+use qwen2_core::text::{ChatTemplate, GenerationConfig, TextTokenizer};
+use qwen2_core::Qwen2Config;
+use serde::Serialize;
+
+use crate::batches::{BatchPlan, MicroBatch};
+use crate::data::{Dataset, TextPipeline};
+use crate::error::{Result, TrainError};
+use crate::optim::{clip_factor, global_norm, Moments};
+use crate::options::{FinetuneOptions, Length};
+use crate::{checkpoint, lora, save};
+
+/// What one optimizer step did (one line of `--json-log`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    /// Optimizer steps completed, counting this one (1-based).
+    pub step: usize,
+    /// Mean cross-entropy over the step's label tokens, before the update.
+    pub loss: f64,
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Whether the gradients were scaled down to `--max-grad-norm`.
+    pub clipped: bool,
+    /// Tokens processed (padding excluded).
+    pub tokens: usize,
+    /// Tokens that carried loss.
+    pub label_tokens: usize,
+    /// Wall time of the step.
+    pub seconds: f64,
+    /// Passes over the data completed (fractional).
+    pub epoch: f64,
+}
+
+/// An evaluation (a line of `--json-log` with `eval_loss`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalRecord {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Mean cross-entropy over the evaluation data's label tokens.
+    pub eval_loss: f64,
+    /// Label tokens evaluated.
+    pub eval_tokens: usize,
+}
+
+/// What the loop reports as it goes.
+pub enum Event<'a> {
+    /// A step finished.
+    Step(&'a StepRecord),
+    /// An evaluation finished.
+    Eval(&'a EvalRecord),
+    /// A checkpoint was written.
+    Checkpoint(&'a Path),
+}
+
+/// A fine-tuning run on backend `B` (an autodiff backend).
+pub struct Trainer<B: AutodiffBackend> {
+    model: Qwen2Model<B>,
+    opts: FinetuneOptions,
+    train: Dataset,
+    eval: Option<Dataset>,
+    batches: BatchPlan,
+    total_steps: usize,
+    step: usize,
+    /// Trained weights by name, in visiting order, with their AdamW state.
+    params: Vec<(String, Moments<B::InnerBackend>)>,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Checks everything that can be checked before training (options, output directory,
+    /// data, adapter, checkpoint), loads the model on `device` and prepares the run.
+    pub fn new(opts: FinetuneOptions, device: &B::Device) -> Result<Self> {
+        check_options(&opts)?;
+        check_writable(&opts.out)?;
+        let config = Qwen2Config::from_file(opts.model.join("config.json"))?;
+        let context = context_length(&config);
+        let max_len = opts.max_seq_len.unwrap_or(1024.min(context));
+        if max_len > context {
+            return Err(TrainError::option(
+                "--max-seq-len",
+                format!("{max_len} is longer than the model's context ({context} positions)"),
+            ));
+        }
+        let tokenizer = match opts.model.join("tokenizer.json").is_file() {
+            true => Some(TextTokenizer::from_model_dir(&opts.model)?),
+            false => None,
+        };
+        let template = ChatTemplate::from_model_dir(&opts.model)?;
+        let pipeline = tokenizer.as_ref().map(|tokenizer| {
+            let mut end_of_turn = GenerationConfig::from_model_dir(&opts.model)
+                .ok()
+                .and_then(|g| g.eos_token_id)
+                .unwrap_or_default();
+            end_of_turn.extend(tokenizer.token_id("<|im_end|>"));
+            TextPipeline {
+                tokenizer,
+                template: &template,
+                end_of_turn,
+            }
+        });
+        let load = |p: &Path| Dataset::load(p, pipeline.as_ref(), max_len, config.vocab_size);
+        let train = load(&opts.data)?;
+        let eval = opts.eval.as_deref().map(load).transpose()?;
+        let batches = BatchPlan {
+            records: train.examples.len(),
+            batch_size: opts.batch_size,
+            grad_accum: opts.grad_accum,
+            shuffle: opts.shuffle.then_some(opts.seed),
+        };
+        let total_steps = match opts.length {
+            Length::Steps(n) => n,
+            Length::Epochs(n) => batches.steps_for_epochs(n),
+        };
+
+        let plan = opts.precision.plan(opts.lora.is_none());
+        let mut model = Qwen2Model::<B>::load(&opts.model, plan, device)?;
+        if let Some(l) = &opts.lora {
+            match &opts.init_adapter {
+                Some(dir) => {
+                    Adapter::open(dir)?.attach(&mut model, FloatDType::F32)?;
+                }
+                None => {
+                    lora::attach_fresh(&mut model, l, opts.seed)?;
+                }
+            }
+            lora::set_dropout(&mut model, l.dropout, opts.seed);
+        }
+        let full = opts.lora.is_none();
+        let mut params = Vec::new();
+        model.visit_weights(&mut |name, kind, w| {
+            if (kind == WeightKind::Base) != full {
+                return;
+            }
+            let numel = match w {
+                WeightMut::Vector(t) => {
+                    *t = t.clone().require_grad();
+                    t.shape().num_elements()
+                }
+                WeightMut::Matrix(t) => {
+                    *t = t.clone().require_grad();
+                    t.shape().num_elements()
+                }
+            };
+            params.push((name.to_string(), Moments::zeros(numel, device)));
+        });
+        let mut trainer = Trainer {
+            model,
+            opts,
+            train,
+            eval,
+            batches,
+            total_steps,
+            step: 0,
+            params,
+        };
+        if let Some(dir) = trainer.opts.resume.clone() {
+            checkpoint::restore(&mut trainer, &dir)?;
+        }
+        tracing::info!(
+            records = trainer.train.examples.len(),
+            truncated = trainer.train.truncated,
+            steps = trainer.total_steps,
+            trained_tensors = trainer.params.len(),
+            "fine-tuning ready"
+        );
+        Ok(trainer)
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Qwen2Model<B> {
+        &self.model
+    }
+
+    /// The options of the run.
+    pub fn options(&self) -> &FinetuneOptions {
+        &self.opts
+    }
+
+    /// The training data.
+    pub fn dataset(&self) -> &Dataset {
+        &self.train
+    }
+
+    /// Optimizer steps completed.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// Optimizer steps of the whole run.
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    /// Trained tensors (name, numel) in order.
+    pub fn trained(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.params
+            .iter()
+            .map(|(n, m)| (n.as_str(), m.m.shape().num_elements()))
+    }
+
+    pub(crate) fn parts_mut(
+        &mut self,
+    ) -> (
+        &mut Qwen2Model<B>,
+        &mut Vec<(String, Moments<B::InnerBackend>)>,
+        &mut usize,
+    ) {
+        (&mut self.model, &mut self.params, &mut self.step)
+    }
+
+    /// The learning rate of (0-based) step `step`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        self.opts.lr
+            * self
+                .opts
+                .lr_schedule
+                .factor(step, self.opts.warmup_steps, self.total_steps)
+    }
+
+    /// Forward and backward of one step without updating anything: the loss and the
+    /// accumulated gradient of every trained tensor (flattened, f32), in [`Trainer::trained`]
+    /// order (`None` where a tensor got no gradient).
+    pub fn gradients(&mut self) -> Result<(f64, Vec<Option<Tensor<B::InnerBackend, 1>>>)> {
+        let step = self.step;
+        let micro: Vec<MicroBatch> = self
+            .batches
+            .step(step)
+            .iter()
+            .map(|records| MicroBatch::new(&self.train.examples, records))
+            .collect();
+        let (loss, grads, _) = self.accumulate(step, &micro)?;
+        Ok((loss, grads))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn accumulate(
+        &mut self,
+        step: usize,
+        micro: &[MicroBatch],
+    ) -> Result<(f64, Vec<Option<Tensor<B::InnerBackend, 1>>>, usize)> {
+        let label_tokens: usize = micro.iter().map(|m| m.targets.len()).sum();
+        let mut acc: Vec<Option<Tensor<B::InnerBackend, 1>>> = vec![None; self.params.len()];
+        let mut loss = 0.0;
+        for (k, mb) in micro.iter().enumerate() {
+            if mb.targets.is_empty() {
+                continue;
+            }
+            if let Some(l) = &self.opts.lora {
+                if l.dropout > 0.0 {
+                    let seed = self.opts.seed ^ ((step as u64) << 20) ^ k as u64;
+                    lora::arm_dropout(&mut self.model, true, seed);
+                }
+            }
+            let sum = self.loss_sum(mb)?;
+            let scaled = sum.div_scalar(label_tokens as f64);
+            loss += scaled.clone().inner().into_scalar().to_f64();
+            let grads = scaled.backward();
+            let mut i = 0;
+            self.model.visit_weights(&mut |_, kind, w| {
+                if (kind == WeightKind::Base) != self.opts.lora.is_none() {
+                    return;
+                }
+                let g = match w {
+                    WeightMut::Vector(t) => t.grad(&grads),
+                    WeightMut::Matrix(t) => t.grad(&grads).map(|g| g.flatten::<1>(0, 1)),
+                };
+                if let Some(g) = g {
+                    let g = g.cast(FloatDType::F32);
+                    acc[i] = Some(match acc[i].take() {
+                        Some(a) => a + g,
+                        None => g,
+                    });
+                }
+                i += 1;
+            });
+        }
+        if self.opts.lora.as_ref().is_some_and(|l| l.dropout > 0.0) {
+            lora::arm_dropout(&mut self.model, false, 0);
+        }
+        Ok((loss, acc, label_tokens))
+    }
+
+    /// Σ of the cross-entropy over a micro-batch's targets, f32, `[1]` (on the tape).
+    fn loss_sum(&self, mb: &MicroBatch) -> Result<Tensor<B, 1>> {
+        let rows: Vec<&[u32]> = mb.rows.iter().map(Vec::as_slice).collect();
+        let batch = Batch::new(&rows, 0)?;
+        let device = self.model.device();
+        let hidden = self.model.forward_hidden(&batch, &mut NoObserver)?;
+        let n = mb.targets.len();
+        let positions: Vec<i64> = mb.targets.iter().map(|&(p, _)| p as i64).collect();
+        let targets: Vec<i64> = mb.targets.iter().map(|&(_, t)| t as i64).collect();
+        let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), device);
+        let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
+        let logits = self
+            .model
+            .head(hidden.select(0, positions), &mut NoObserver)
+            .cast(FloatDType::F32);
+        let picked = log_softmax(logits, 1).gather(1, targets);
+        Ok(picked.sum().neg())
+    }
+
+    /// Runs one optimizer step: forward/backward over the step's micro-batches, clipping,
+    /// AdamW, schedule.
+    pub fn step(&mut self) -> Result<StepRecord> {
+        let start = Instant::now();
+        let step = self.step;
+        let micro: Vec<MicroBatch> = self
+            .batches
+            .step(step)
+            .iter()
+            .map(|records| MicroBatch::new(&self.train.examples, records))
+            .collect();
+        let tokens = micro.iter().map(MicroBatch::tokens).sum();
+        let (loss, mut grads, label_tokens) = self.accumulate(step, &micro)?;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                what: "loss".into(),
+                step,
+            });
+        }
+        let present: Vec<Tensor<B::InnerBackend, 1>> = grads.iter().flatten().cloned().collect();
+        let grad_norm = global_norm(&present);
+        if !grad_norm.is_finite() {
+            return Err(TrainError::NonFinite {
+                what: "gradient norm".into(),
+                step,
+            });
+        }
+        let clip = clip_factor(grad_norm, self.opts.max_grad_norm);
+        let lr = self.lr_at(step);
+        let adamw = self.opts.adamw;
+        let full = self.opts.lora.is_none();
+        let params = &mut self.params;
+        let mut i = 0;
+        self.model.visit_weights(&mut |name, kind, w| {
+            if (kind == WeightKind::Base) != full {
+                return;
+            }
+            debug_assert_eq!(params[i].0, name);
+            if let Some(g) = grads[i].take() {
+                let g = match clip {
+                    Some(c) => g * c,
+                    None => g,
+                };
+                let state = &mut params[i].1;
+                match w {
+                    WeightMut::Vector(t) => {
+                        let p = t.clone().inner();
+                        let p = adamw.update(p, g, state, lr, step + 1);
+                        *t = Tensor::from_inner(p).require_grad();
+                    }
+                    WeightMut::Matrix(t) => {
+                        let shape = t.shape();
+                        let p = t.clone().inner().flatten::<1>(0, 1);
+                        let p = adamw.update(p, g, state, lr, step + 1);
+                        *t = Tensor::from_inner(p.reshape(shape)).require_grad();
+                    }
+                }
+            }
+            i += 1;
+        });
+        self.step += 1;
+        Ok(StepRecord {
+            step: self.step,
+            loss,
+            lr,
+            grad_norm,
+            clipped: clip.is_some(),
+            tokens,
+            label_tokens,
+            seconds: start.elapsed().as_secs_f64(),
+            epoch: self.batches.epoch_after(self.step),
+        })
+    }
+
+    /// Mean loss over the evaluation data (`None` without `--eval`).
+    pub fn evaluate(&self) -> Result<Option<EvalRecord>> {
+        let Some(eval) = &self.eval else {
+            return Ok(None);
+        };
+        let (mut sum, mut count) = (0.0, 0);
+        let records: Vec<usize> = (0..eval.examples.len()).collect();
+        for chunk in records.chunks(self.opts.batch_size) {
+            let mb = MicroBatch::new(&eval.examples, chunk);
+            if mb.targets.is_empty() {
+                continue;
+            }
+            sum += self.loss_sum(&mb)?.inner().into_scalar().to_f64();
+            count += mb.targets.len();
+        }
+        Ok(Some(EvalRecord {
+            step: self.step,
+            eval_loss: sum / count.max(1) as f64,
+            eval_tokens: count,
+        }))
+    }
+
+    /// Trains to the end (or until `stop` is set: then a checkpoint is saved and
+    /// [`TrainError::Interrupted`] returned), reporting each event, and saves the result.
+    pub fn run(&mut self, stop: &AtomicBool, on: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+        while self.step < self.total_steps {
+            if stop.load(Ordering::SeqCst) {
+                let dir = self.save_checkpoint()?;
+                return Err(TrainError::Interrupted {
+                    step: self.step,
+                    checkpoint: dir,
+                });
+            }
+            let record = self.step()?;
+            on(Event::Step(&record));
+            let (every, done) = (self.opts.eval_every, self.step);
+            if every > 0 && done % every == 0 && done < self.total_steps {
+                if let Some(e) = self.evaluate()? {
+                    on(Event::Eval(&e));
+                }
+            }
+            if self.opts.save_every > 0
+                && done % self.opts.save_every == 0
+                && done < self.total_steps
+            {
+                let dir = self.save_checkpoint()?;
+                on(Event::Checkpoint(&dir));
+            }
+        }
+        if let Some(e) = self.evaluate()? {
+            on(Event::Eval(&e));
+        }
+        self.save_result()
+    }
+
+    /// Writes the state of the run to `out/checkpoints/checkpoint-<step>` (atomically).
+    pub fn save_checkpoint(&mut self) -> Result<std::path::PathBuf> {
+        checkpoint::save(self)
+    }
+
+    /// Writes the trained adapter (PEFT format) or model (HF directory) to `out`.
+    pub fn save_result(&mut self) -> Result<()> {
+        let out = self.opts.out.clone();
+        let base = self.opts.model.display().to_string();
+        match self.opts.lora.clone() {
+            Some(l) => lora::save_adapter(&mut self.model, &l, &base, &out),
+            None => {
+                let dtype = self
+                    .opts
+                    .save_dtype
+                    .unwrap_or(source_dtype(&self.opts.model));
+                save::save_model_dir(&mut self.model, &self.opts.model, &out, dtype)
+            }
+        }
+    }
+
+    /// The model, for generation after training (LoRA adapters attached).
+    pub fn into_model(self) -> Qwen2Model<B> {
+        self.model
+    }
+}
+
+/// The dtype of the base checkpoint (its config's `torch_dtype`), f32 when unknown.
+fn source_dtype(model: &Path) -> FloatDType {
+    let dtype = Qwen2Config::from_file(model.join("config.json"))
+        .ok()
+        .and_then(|c| c.torch_dtype);
+    match dtype.as_deref() {
+        Some("bfloat16") => FloatDType::BF16,
+        Some("float16") => FloatDType::F16,
+        _ => FloatDType::F32,
+    }
+}
+
+fn check_options(o: &FinetuneOptions) -> Result<()> {
+    let positive = |name: &str, v: usize| {
+        (v > 0)
+            .then_some(())
+            .ok_or_else(|| TrainError::option(name, "must be at least 1"))
+    };
+    positive("--batch-size", o.batch_size)?;
+    positive("--grad-accum", o.grad_accum)?;
+    match o.length {
+        Length::Steps(n) => positive("--steps", n)?,
+        Length::Epochs(n) => positive("--epochs", n)?,
+    }
+    if !(o.lr.is_finite() && o.lr > 0.0) {
+        return Err(TrainError::option("--lr", "must be a positive number"));
+    }
+    if !(o.adamw.weight_decay.is_finite() && o.adamw.weight_decay >= 0.0) {
+        return Err(TrainError::option("--weight-decay", "must be 0 or more"));
+    }
+    if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
+        return Err(TrainError::option(
+            "--max-grad-norm",
+            "must be 0 (off) or more",
+        ));
+    }
+    if o.max_seq_len == Some(0) {
+        return Err(TrainError::option("--max-seq-len", "must be at least 1"));
+    }
+    if let Some(l) = &o.lora {
+        l.validate()?;
+    } else if o.init_adapter.is_some() {
+        return Err(TrainError::option("--adapter", "needs --lora"));
+    }
+    if !o.model.is_dir() {
+        return Err(TrainError::option(
+            "--model",
+            format!("{} is not a model directory", o.model.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `out` if needed and proves it writable before any work is done.
+fn check_writable(out: &Path) -> Result<()> {
+    if out.is_file() {
+        return Err(TrainError::option(
+            "--out",
+            format!("{} is a file, not a directory", out.display()),
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let probe = save::tmp_name(&out.join("write-probe"));
+    std::fs::write(&probe, b"").map_err(|e| TrainError::io(out, e))?;
+    std::fs::remove_file(&probe).map_err(|e| TrainError::io(&probe, e))
+}
