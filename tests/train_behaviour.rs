@@ -140,7 +140,7 @@ fn lora_leaves_the_base_weights_bit_identical() {
     assert_eq!((checked, adapters), (26, 28));
 }
 
-fn chat_pipeline_dataset(max_len: usize) -> Dataset {
+fn chat_pipeline_dataset(max_len: usize) -> Result<Dataset, TrainError> {
     let dir = common::fixture_dir("tiny-chat");
     let tokenizer = TextTokenizer::from_model_dir(&dir).unwrap();
     let template = ChatTemplate::from_model_dir(&dir).unwrap();
@@ -149,12 +149,12 @@ fn chat_pipeline_dataset(max_len: usize) -> Dataset {
         template: &template,
         end_of_turn: vec![tokenizer.token_id("<|im_end|>").unwrap()],
     };
-    Dataset::load(&train_file("chat.jsonl"), Some(&p), max_len, 320).unwrap()
+    Dataset::load(&train_file("chat.jsonl"), Some(&p), max_len, 320)
 }
 
 #[test]
 fn chat_records_carry_loss_on_the_assistant_reply_and_its_end_of_turn_only() {
-    let data = chat_pipeline_dataset(1024);
+    let data = chat_pipeline_dataset(1024).unwrap();
     let tokenizer = TextTokenizer::from_model_dir(common::fixture_dir("tiny-chat")).unwrap();
     let answers = ["Blue.", "Four.", "Paris.", "Hello!", "A cat.", "Down."];
     for (ex, answer) in data.examples.iter().zip(answers) {
@@ -177,9 +177,16 @@ fn chat_records_carry_loss_on_the_assistant_reply_and_its_end_of_turn_only() {
         );
     }
     assert_eq!(data.truncated, 0);
-    let cut = chat_pipeline_dataset(40);
-    assert_eq!(cut.truncated, 6);
-    assert!(cut.examples.iter().all(|e| e.input_ids.len() == 40));
+    // Cut before any reply (the template's default system prompt comes first): nothing to learn.
+    let err = chat_pipeline_dataset(40).unwrap_err().to_string();
+    assert!(err.contains("no record has a token to learn"), "{err}");
+    // Pre-tokenized records of 5..24 tokens cut to 16: three of them.
+    let cut = Dataset::load(&train_file("tokens.jsonl"), None, 16, 320).unwrap();
+    assert_eq!(cut.truncated, 3);
+    assert!(cut
+        .examples
+        .iter()
+        .all(|e| e.input_ids.len() <= 16 && e.labels.len() == e.input_ids.len()));
 }
 
 #[test]
@@ -190,8 +197,7 @@ fn a_lora_run_learns_a_small_chat_task() {
     o.lora = Some(LoraOptions::default());
     o.batch_size = 6;
     o.length = Length::Epochs(40);
-    o.lr = 2e-2;
-    o.lr_schedule = "constant".parse().unwrap();
+    o.lr = 2e-2; // cosine to 0 over the 40 steps
     let mut t = Trainer::<T>::new(o, &Default::default()).unwrap();
     let mut losses = Vec::new();
     t.run(&AtomicBool::new(false), &mut |e| {
@@ -205,7 +211,7 @@ fn a_lora_run_learns_a_small_chat_task() {
         "chat task: loss {first:.3} -> {last:.4} in {} steps",
         losses.len()
     );
-    assert!(first > 3.0 && last < 0.05, "loss {first} -> {last}");
+    assert!(first > 3.0 && last < 0.01, "loss {first} -> {last}");
 
     // The saved adapter, applied at load like `--adapter`, answers with the trained replies.
     let device = Cpu::devices().remove(0);
@@ -309,7 +315,11 @@ fn bad_input_fails_before_training_and_names_the_cause() {
     expect_err(o, "no 'lm_head' projection");
 
     // An adapter made for another base model (2 kv heads there, 1 here).
-    let mut o = FinetuneOptions::new(common::fixture_dir("untied-bf16-mqa"), good.clone(), &out);
+    let mut o = FinetuneOptions::new(
+        common::fixture_dir("untied-bf16-mqa"),
+        train_file("tokens.jsonl"),
+        &out,
+    );
     o.lora = Some(LoraOptions::default());
     o.init_adapter = Some(train_file("lora-init"));
     expect_err(o, "the adapter was made for another base model");

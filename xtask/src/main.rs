@@ -24,11 +24,11 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
-         fixtures [--only NAME...]  rebuild tests/fixtures with HF transformers (scripts/make_fixtures.py,\n                             then scripts/make_text_fixtures.py)\n  \
+         fixtures [--only NAME...]  rebuild tests/fixtures with HF transformers (scripts/make_fixtures.py,\n                             scripts/make_text_fixtures.py, make_train_fixtures.py, make_peft_interop_fixture.sh)\n  \
          bench --model DIR [--backend cpu,wgpu] [--precision auto,f32,bf16] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE] [--pytorch]\n  \
          bench-model --out DIR      Qwen2-0.5B-shaped random bf16 model for benchmarks (~1 GB)\n  \
          gpu-check [--out FILE]     CUDA doctor + conformance + short benchmark (default report: gpu-check-report.md)\n\n\
-         fixtures needs: pip install torch transformers tokenizers safetensors numpy, and npm"
+         fixtures needs: pip install torch transformers tokenizers peft safetensors numpy, and npm"
     );
     ExitCode::from(2)
 }
@@ -68,11 +68,34 @@ fn main() -> ExitCode {
                 return model_fixtures;
             }
             // Tokenizers, chat templates and sampling goldens (needs tiny-chat from the first).
-            run_python(
+            let text = run_python(
                 "scripts/make_text_fixtures.py",
                 &["--out", "tests/fixtures"],
                 "needs torch, transformers, tokenizers and npm",
-            )
+            );
+            if text != ExitCode::SUCCESS {
+                return text;
+            }
+            // Fine-tuning goldens (torch, transformers, peft), then the peft interop adapter.
+            let train = run_python(
+                "scripts/make_train_fixtures.py",
+                &["--out", "tests/fixtures"],
+                "needs torch, transformers, peft",
+            );
+            if train != ExitCode::SUCCESS {
+                return train;
+            }
+            match Command::new("bash")
+                .current_dir(root())
+                .arg("scripts/make_peft_interop_fixture.sh")
+                .status()
+            {
+                Ok(s) if s.success() => ExitCode::SUCCESS,
+                other => {
+                    eprintln!("xtask: scripts/make_peft_interop_fixture.sh failed ({other:?}; it needs peft)");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Some("bench") => bench::run(&root(), &args[1..]),
         Some("bench-model") => match (args.get(1).map(String::as_str), args.get(2)) {

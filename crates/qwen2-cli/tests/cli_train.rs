@@ -1,0 +1,248 @@
+//! `qwen2 finetune`, `merge` and `--adapter` as a user runs them.
+
+mod common;
+
+use common::{fixture, qwen2, read_npy};
+
+fn ok(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "failed: {stderr}");
+    stderr
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn lora_finetune_logs_every_step_and_the_adapter_answers_through_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("adapter");
+    let log = tmp.path().join("log.jsonl");
+    let model = fixture("tiny-chat");
+    let data = fixture("train/chat.jsonl");
+    let stderr = ok(&qwen2(&[
+        "finetune",
+        "--model",
+        path(&model),
+        "--data",
+        path(&data),
+        "--out",
+        path(&out),
+        "--lora",
+        "--lora-targets",
+        "q,k,v,o,gate,up,down",
+        "--batch-size",
+        "6",
+        "--epochs",
+        "40",
+        "--lr",
+        "2e-2",
+        "--json-log",
+        path(&log),
+        "--eval",
+        path(&data),
+        "--eval-every",
+        "20",
+    ]));
+    assert!(
+        stderr.contains("40 steps") && stderr.contains("adapter saved in"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("loss").is_some()).collect();
+    let evals: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.get("eval_loss").is_some())
+        .collect();
+    assert_eq!(steps.len(), 40);
+    assert_eq!(evals.len(), 2, "at step 20 and at the end");
+    for (i, s) in steps.iter().enumerate() {
+        assert_eq!(s["step"], i + 1);
+        for key in ["lr", "grad_norm", "tokens", "seconds"] {
+            assert!(s[key].is_number(), "{key} in {s}");
+        }
+    }
+    let (first, last) = (
+        steps[0]["loss"].as_f64().unwrap(),
+        steps[39]["loss"].as_f64().unwrap(),
+    );
+    assert!(first > 3.0 && last < 0.01, "loss {first} -> {last}");
+    assert!(evals[1]["eval_loss"].as_f64().unwrap() < 0.01);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (config["peft_type"].as_str(), config["r"].as_u64()),
+        (Some("LORA"), Some(8))
+    );
+
+    let reply = qwen2(&[
+        "run",
+        "--model",
+        path(&model),
+        "--adapter",
+        path(&out),
+        "--prompt",
+        "What is two plus two?",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    ok(&reply);
+    let reply: serde_json::Value = serde_json::from_slice(&reply.stdout).unwrap();
+    assert_eq!(reply["text"], "Four.");
+}
+
+/// The adapter in tests/fixtures/train/chat-adapter was trained by `qwen2 finetune`; HF peft's
+/// logits with it were recorded by scripts/make_peft_interop_fixture.sh.
+#[test]
+fn peft_logits_equal_ours_with_the_adapter_and_with_the_merged_model() {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("train/chat-adapter-peft-logits.json")).unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<String> = golden["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let ids = ids.join(",");
+    let peft: Vec<f32> = golden["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-chat");
+    let adapter = fixture("train/chat-adapter");
+    let merged = tmp.path().join("merged");
+    ok(&qwen2(&[
+        "merge",
+        "--model",
+        path(&model),
+        "--adapter",
+        path(&adapter),
+        "--out",
+        path(&merged),
+        "--save-dtype",
+        "f32",
+    ]));
+    for (what, args) in [
+        (
+            "adapter",
+            vec!["--model", path(&model), "--adapter", path(&adapter)],
+        ),
+        ("merged", vec!["--model", path(&merged)]),
+    ] {
+        let npy = tmp.path().join(format!("{what}.npy"));
+        let mut cmd = vec![
+            "logits",
+            "--ids",
+            &ids,
+            "--all-positions",
+            "--precision",
+            "f32",
+            "--out",
+            path(&npy),
+        ];
+        cmd.extend(args);
+        ok(&qwen2(&cmd));
+        let (shape, ours) = read_npy(&npy);
+        assert_eq!(shape, vec![10, 320]);
+        let diff = ours
+            .iter()
+            .zip(&peft)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff < 1e-4, "{what}: max |ours - peft| = {diff}");
+    }
+}
+
+#[test]
+fn full_finetune_writes_a_model_directory_qwen2_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    let stderr = ok(&qwen2(&[
+        "finetune",
+        "--model",
+        path(&fixture("tied-f32-gqa")),
+        "--data",
+        path(&fixture("train/tokens.jsonl")),
+        "--out",
+        path(&out),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+    ]));
+    assert!(stderr.contains("model saved in"), "{stderr}");
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let out_gen = qwen2(&[
+        "generate",
+        "--model",
+        path(&out),
+        "--ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]);
+    ok(&out_gen);
+}
+
+#[test]
+fn finetune_errors_are_clear_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let fail = qwen2(&[
+        "finetune",
+        "--model",
+        path(&fixture("tiny-chat")),
+        "--data",
+        path(&fixture("train/chat.jsonl")),
+        "--out",
+        path(&out),
+        "--lora",
+        "--lora-targets",
+        "q,attn",
+    ]);
+    let stderr = String::from_utf8_lossy(&fail.stderr);
+    assert_eq!(fail.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--lora-targets")
+            && stderr.contains("'attn'")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0), 0);
+    let fail = qwen2(&[
+        "logits",
+        "--model",
+        path(&fixture("tiny-chat")),
+        "--adapter",
+        path(tmp.path()),
+        "--ids",
+        "1",
+        "--out",
+        path(&tmp.path().join("x.npy")),
+    ]);
+    let stderr = String::from_utf8_lossy(&fail.stderr);
+    assert!(stderr.contains("adapter_config.json"), "{stderr}");
+}
