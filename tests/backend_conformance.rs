@@ -126,6 +126,38 @@ pub fn check_device_memory<P: Platform>() {
     }
 }
 
+/// The first steps of PyTorch's fine-tuning runs (full and LoRA, f32) on this backend: each
+/// step's loss and gradient norm within 1e-4 relative of PyTorch's (the CPU is within 3e-7).
+pub fn check_training<P: Platform>() {
+    use qwen2_burn::train::{Autodiff, TrainPrecision, Trainer};
+    let device = P::devices().into_iter().next().expect("a device");
+    let g = train_goldens();
+    for kind in ["full", "lora"] {
+        let out = tempfile::tempdir().unwrap();
+        let opts = train_options(kind, TrainPrecision::F32, out.path());
+        let mut t = Trainer::<Autodiff<P::B>>::new(opts, &device).unwrap();
+        let mut worst = 0f64;
+        for i in 0..4 {
+            let r = t.step().unwrap();
+            let want = &g[kind]["f32"][i];
+            for (ours, key) in [(r.loss, "loss"), (r.grad_norm, "grad_norm")] {
+                let theirs = want[key].as_f64().unwrap();
+                let rel = (ours - theirs).abs() / theirs.abs();
+                worst = worst.max(rel);
+                assert!(
+                    rel < 1e-4,
+                    "{} {kind} step {i}: {key} {ours} vs PyTorch {theirs}",
+                    P::NAME
+                );
+            }
+        }
+        println!(
+            "{} {kind}: 4 training steps within {worst:.1e} of PyTorch",
+            P::NAME
+        );
+    }
+}
+
 macro_rules! conformance_suite {
     ($module:ident, $platform:ty) => {
         mod $module {
@@ -137,6 +169,11 @@ macro_rules! conformance_suite {
             #[test]
             fn unsupported_policies_are_refused_up_front() {
                 super::check_refusals::<$platform>();
+            }
+
+            #[test]
+            fn training_steps_match_pytorch() {
+                super::check_training::<$platform>();
             }
 
             #[test]

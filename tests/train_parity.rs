@@ -8,64 +8,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-
+use common::{train_dir, train_goldens as goldens, train_options as options};
 use qwen2_burn::core::burn::tensor::FloatDType;
 use qwen2_burn::core::weights::Checkpoint;
-use qwen2_burn::train::{
-    Autodiff, FinetuneOptions, Length, LoraOptions, LrSchedule, TrainPrecision, Trainer,
-};
-use serde_json::Value;
+use qwen2_burn::train::{Autodiff, TrainPrecision, Trainer};
 
 type T = Autodiff<common::B>;
-
-fn train_dir() -> PathBuf {
-    common::fixture_dir("train")
-}
-
-fn goldens() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(train_dir().join("goldens.json")).unwrap())
-        .unwrap()
-}
-
-/// The reference run's options for `kind` (`full` or `lora`).
-fn options(kind: &str, precision: TrainPrecision, out: &std::path::Path) -> FinetuneOptions {
-    let g = goldens();
-    let run = &g[kind];
-    let mut o = FinetuneOptions::new(
-        common::fixture_dir(g["base"].as_str().unwrap()),
-        train_dir().join(g["data"].as_str().unwrap()),
-        out,
-    );
-    o.batch_size = g["batch_size"].as_u64().unwrap() as usize;
-    o.grad_accum = g["grad_accum"].as_u64().unwrap() as usize;
-    o.length = Length::Steps(g["steps"].as_u64().unwrap() as usize);
-    o.lr_schedule = g["lr_schedule"]
-        .as_str()
-        .unwrap()
-        .parse::<LrSchedule>()
-        .unwrap();
-    o.warmup_steps = g["warmup_steps"].as_u64().unwrap() as usize;
-    o.lr = run["lr"].as_f64().unwrap();
-    o.adamw.weight_decay = run["weight_decay"].as_f64().unwrap();
-    o.max_grad_norm = run["max_grad_norm"].as_f64().unwrap();
-    o.precision = precision;
-    if kind == "lora" {
-        o.lora = Some(LoraOptions {
-            r: run["r"].as_u64().unwrap() as usize,
-            alpha: run["alpha"].as_f64().unwrap(),
-            dropout: 0.0,
-            targets: run["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t.as_str().unwrap().to_string())
-                .collect(),
-        });
-        o.init_adapter = Some(train_dir().join("lora-init"));
-    }
-    o
-}
 
 fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-12)

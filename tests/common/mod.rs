@@ -116,3 +116,55 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// `tests/fixtures/train`: the fine-tuning goldens of scripts/make_train_fixtures.py.
+pub fn train_dir() -> PathBuf {
+    fixture_dir("train")
+}
+
+/// `tests/fixtures/train/goldens.json`.
+pub fn train_goldens() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(train_dir().join("goldens.json")).unwrap())
+        .unwrap()
+}
+
+/// The PyTorch reference run's options for `kind` (`full` or `lora`), writing to `out`.
+pub fn train_options(
+    kind: &str,
+    precision: qwen2_burn::train::TrainPrecision,
+    out: &Path,
+) -> qwen2_burn::train::FinetuneOptions {
+    use qwen2_burn::train::{FinetuneOptions, Length, LoraOptions};
+    let g = train_goldens();
+    let run = &g[kind];
+    let mut o = FinetuneOptions::new(
+        fixture_dir(g["base"].as_str().unwrap()),
+        train_dir().join(g["data"].as_str().unwrap()),
+        out,
+    );
+    let int = |v: &serde_json::Value| v.as_u64().unwrap() as usize;
+    o.batch_size = int(&g["batch_size"]);
+    o.grad_accum = int(&g["grad_accum"]);
+    o.length = Length::Steps(int(&g["steps"]));
+    o.lr_schedule = g["lr_schedule"].as_str().unwrap().parse().unwrap();
+    o.warmup_steps = int(&g["warmup_steps"]);
+    o.lr = run["lr"].as_f64().unwrap();
+    o.adamw.weight_decay = run["weight_decay"].as_f64().unwrap();
+    o.max_grad_norm = run["max_grad_norm"].as_f64().unwrap();
+    o.precision = precision;
+    if kind == "lora" {
+        o.lora = Some(LoraOptions {
+            r: int(&run["r"]),
+            alpha: run["alpha"].as_f64().unwrap(),
+            dropout: 0.0,
+            targets: run["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect(),
+        });
+        o.init_adapter = Some(train_dir().join("lora-init"));
+    }
+    o
+}

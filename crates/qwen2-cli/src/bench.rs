@@ -30,7 +30,7 @@ fn stats(samples: &[f64]) -> serde_json::Value {
 }
 
 /// A field of /proc/self/status in bytes (Linux), e.g. `VmHWM` (peak resident memory).
-fn proc_status_bytes(field: &str) -> Option<u64> {
+pub fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

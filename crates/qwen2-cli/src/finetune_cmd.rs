@@ -175,6 +175,7 @@ pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
     };
     let mut tokens = 0;
     let mut last = None;
+    let mut rates = Vec::new();
     let mut write_log = |value: serde_json::Value| -> std::io::Result<()> {
         if let Some(f) = log.as_mut() {
             writeln!(f, "{value}")?;
@@ -187,6 +188,7 @@ pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
         let value = match event {
             Event::Step(r) => {
                 tokens += r.tokens;
+                rates.push(r.tokens as f64 / r.seconds.max(1e-12));
                 progress.step(r, tokens);
                 last = Some(r.clone());
                 serde_json::to_value(r).expect("record serializes")
@@ -212,6 +214,26 @@ pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
     progress.clear();
     if let Some(e) = log_error {
         eprintln!("warning: writing --json-log failed: {e}");
+    }
+    if result.is_ok() {
+        // The first step pays for allocations and first-call set-up: the median leaves it out.
+        let mut steady: Vec<f64> = rates.iter().skip(1).copied().collect();
+        steady.sort_by(f64::total_cmp);
+        let summary = serde_json::json!({
+            "summary": true,
+            "backend": P::NAME,
+            "precision": a_precision_name(&a, &trainer),
+            "lora": a.lora,
+            "steps": rates.len(),
+            "tokens_per_s": steady.get(steady.len() / 2),
+            "tokens_per_s_min": steady.first(),
+            "tokens_per_s_max": steady.last(),
+            "seconds": progress.start.elapsed().as_secs_f64(),
+            "peak_rss_bytes": crate::bench::proc_status_bytes("VmHWM:"),
+        });
+        if let Err(e) = write_log(summary) {
+            eprintln!("warning: writing --json-log failed: {e}");
+        }
     }
     match result {
         Ok(()) => {
@@ -267,4 +289,11 @@ pub fn merge_cmd<P: Platform>(a: MergeArgs) -> CliResult {
         a.out.display()
     );
     Ok(())
+}
+
+fn a_precision_name<B: burn::tensor::backend::AutodiffBackend>(
+    _: &FinetuneArgs,
+    trainer: &Trainer<B>,
+) -> &'static str {
+    trainer.options().precision.name()
 }

@@ -246,3 +246,81 @@ fn finetune_errors_are_clear_and_write_nothing() {
     let stderr = String::from_utf8_lossy(&fail.stderr);
     assert!(stderr.contains("adapter_config.json"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_only_the_same_run_resumes() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("adapter");
+    let log = tmp.path().join("log.jsonl");
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "finetune",
+            "--model",
+            path(&fixture("tiny-chat")),
+            "--data",
+            path(&fixture("train/chat.jsonl")),
+            "--out",
+            path(&out),
+            "--lora",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "2000",
+            "--json-log",
+            path(&log),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qwen2"))
+        .args(args(&[]))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a few logged steps, then press Ctrl-C.
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(start.elapsed().as_secs() < 120, "no steps logged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sends SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted after step") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    let steps_done = std::fs::read_to_string(&log).unwrap().lines().count();
+    let checkpoints: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "{stderr}");
+    assert!(!out.join("adapter_model.safetensors").exists());
+
+    // Resume with fewer epochs than the interrupted run would be a different schedule: refused.
+    let mut refused = args(&["--resume", path(&out)]);
+    let n = refused.iter().position(|a| a == "2000").unwrap();
+    refused[n] = "3".into();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_qwen2"))
+        .args(&refused)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        text.contains("made by a different run") && text.contains("total_steps"),
+        "{text}"
+    );
+    assert!(steps_done >= 3);
+}
