@@ -362,9 +362,33 @@ pub struct FinetuneArgs {
     /// Start the LoRA adapters from this PEFT adapter directory instead of a fresh init.
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
-    /// Training precision: f32, or bf16 compute with f32 master weights; auto = f32.
-    #[arg(long, default_value = "auto", value_name = "auto|f32|bf16")]
+    /// Training precision: f32; bf16 compute; f16-scaled (f16 compute under the f16-safe plan
+    /// with dynamic loss scaling); f16 (naive, no scaling: reproduces the overflow). Master
+    /// weights and optimizer state are f32 in every policy. auto = f32.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|f32|bf16|f16-scaled|f16"
+    )]
     pub precision: String,
+    /// f16-scaled: the starting loss scale (torch GradScaler's init_scale).
+    #[arg(long, default_value_t = 65536.0)]
+    pub loss_scale_init: f64,
+    /// f16-scaled: good steps in a row before the scale doubles.
+    #[arg(long, default_value_t = 2000)]
+    pub loss_scale_growth_interval: usize,
+    /// f16-scaled: the scale's growth factor.
+    #[arg(long, default_value_t = 2.0)]
+    pub loss_scale_growth_factor: f64,
+    /// f16-scaled: the scale's factor after an overflow.
+    #[arg(long, default_value_t = 0.5)]
+    pub loss_scale_backoff: f64,
+    /// Stop (exit 3) after this many overflowing steps in a row.
+    #[arg(long, default_value_t = 20)]
+    pub max_skipped_steps: usize,
+    /// Stop (exit 3) when the loss scale falls below this.
+    #[arg(long, default_value_t = 1.0)]
+    pub min_loss_scale: f64,
     /// Optimizer steps to run [default: one epoch].
     #[arg(long, conflicts_with = "epochs")]
     pub steps: Option<usize>,

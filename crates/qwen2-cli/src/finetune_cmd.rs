@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use burn::tensor::FloatDType;
 use qwen2_burn::core::adapter::Adapter;
+use qwen2_burn::core::precision::Hardware;
 use qwen2_burn::core::{Platform, PrecisionPlan, Qwen2Model};
 use qwen2_train::{
     Autodiff, Event, FinetuneOptions, Length, LoraOptions, TrainError, TrainPrecision, Trainer,
@@ -36,7 +37,7 @@ fn target_name(t: &str) -> String {
 }
 
 /// Builds the library options from the command line.
-pub fn options(a: &FinetuneArgs, hw_bf16: bool) -> CliResult<FinetuneOptions> {
+pub fn options(a: &FinetuneArgs, hw: &Hardware) -> CliResult<FinetuneOptions> {
     let mut o = FinetuneOptions::new(&a.model, &a.data, &a.out);
     if a.lora {
         o.lora = Some(LoraOptions {
@@ -53,11 +54,26 @@ pub fn options(a: &FinetuneArgs, hw_bf16: bool) -> CliResult<FinetuneOptions> {
         "auto" => TrainPrecision::F32,
         p => p.parse::<TrainPrecision>()?,
     };
-    if o.precision == TrainPrecision::Bf16 && !hw_bf16 {
-        return Err(
-            "--precision bf16: this device cannot compute in bf16; use --precision f32".into(),
-        );
+    let needs = match o.precision {
+        TrainPrecision::Bf16 => Some(("bf16", hw.supports_bf16)),
+        TrainPrecision::F16 | TrainPrecision::F16Scaled => Some(("f16", hw.supports_f16)),
+        TrainPrecision::F32 => None,
+    };
+    if let Some((dtype, false)) = needs {
+        return Err(format!(
+            "--precision {}: {} cannot compute in {dtype}; use --precision f32",
+            o.precision, hw.name
+        )
+        .into());
     }
+    o.scaler = qwen2_train::ScalerConfig {
+        init_scale: a.loss_scale_init,
+        growth_factor: a.loss_scale_growth_factor,
+        backoff_factor: a.loss_scale_backoff,
+        growth_interval: a.loss_scale_growth_interval,
+    };
+    o.max_skipped_steps = a.max_skipped_steps;
+    o.min_loss_scale = a.min_loss_scale;
     o.length = match (a.steps, a.epochs) {
         (Some(_), Some(_)) => return Err("give --steps or --epochs, not both".into()),
         (Some(n), None) => Length::Steps(n),
@@ -108,8 +124,11 @@ impl Progress {
         let eta = elapsed / done.max(1) as f64 * (self.total - r.step) as f64;
         let width = 24;
         let filled = width * r.step / self.total.max(1);
+        let scale = r.loss_scale.map_or(String::new(), |s| {
+            format!(" scale {s:.0} skipped {}", r.skipped_steps)
+        });
         eprint!(
-            "\rstep {}/{} [{}{}] loss {:.4} lr {:.2e} {:.0} tok/s ETA {}:{:02}\x1b[K",
+            "\rstep {}/{} [{}{}] loss {:.4} lr {:.2e}{scale} {:.0} tok/s ETA {}:{:02}\x1b[K",
             r.step,
             self.total,
             "#".repeat(filled),
@@ -133,7 +152,7 @@ impl Progress {
 pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
     let device = device_of::<P>()?;
     let hw = P::probe(&device);
-    let opts = options(&a, hw.supports_bf16)?;
+    let opts = options(&a, &hw)?;
     if a.precision == "auto" {
         tracing::info!("--precision auto trains in f32 (master weights and compute)");
     }

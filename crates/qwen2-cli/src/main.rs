@@ -50,9 +50,18 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {s}");
                 source = s.source();
             }
+            use qwen2_burn::train::TrainError;
             let nonfinite = e
                 .downcast_ref::<qwen2_burn::core::Error>()
-                .is_some_and(qwen2_burn::core::fallback::is_nonfinite);
+                .is_some_and(qwen2_burn::core::fallback::is_nonfinite)
+                || e.downcast_ref::<TrainError>().is_some_and(|t| {
+                    matches!(
+                        t,
+                        TrainError::NonFinite { .. }
+                            | TrainError::NonFiniteForward { .. }
+                            | TrainError::Diverged { .. }
+                    )
+                });
             ExitCode::from(if nonfinite { EXIT_NONFINITE } else { 1 })
         }
     }

@@ -44,6 +44,10 @@ fn fingerprint<B: AutodiffBackend>(t: &Trainer<B>) -> Value {
         "max_grad_norm": o.max_grad_norm,
         "seed": o.seed,
         "shuffle": o.shuffle,
+        "scaler": o.precision.scaled().then_some(json!({
+            "init_scale": o.scaler.init_scale, "growth_factor": o.scaler.growth_factor,
+            "backoff_factor": o.scaler.backoff_factor, "growth_interval": o.scaler.growth_interval,
+        })),
     })
 }
 
@@ -60,7 +64,8 @@ pub fn save<B: AutodiffBackend>(t: &mut Trainer<B>) -> Result<PathBuf> {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    let state = json!({"format": 1, "step": t.steps_done(), "run": fingerprint(t)});
+    let state =
+        json!({"format": 1, "step": t.steps_done(), "state": t.state, "run": fingerprint(t)});
     let (model, params, _) = t.parts_mut();
     let lora = params.first().is_some_and(|(n, _)| n.contains(".lora_"));
     let mut weights = SafetensorsWriter::default();
@@ -161,6 +166,8 @@ pub fn restore<B: AutodiffBackend>(t: &mut Trainer<B>, dir: &Path) -> Result<()>
     let step = state["step"]
         .as_u64()
         .ok_or_else(|| bad(format!("{STATE} has no step")))? as usize;
+    let run_state: crate::trainer::RunState = serde_json::from_value(state["state"].clone())
+        .map_err(|e| bad(format!("{STATE} has no valid run state: {e}")))?;
     let weights = Safetensors::open_file(found.join(PARAMS))?;
     let opt = Safetensors::open_file(found.join(OPTIMIZER))?;
     let device = t.model().device().clone();
@@ -201,6 +208,7 @@ pub fn restore<B: AutodiffBackend>(t: &mut Trainer<B>, dir: &Path) -> Result<()>
         return Err(bad(format!("cannot be loaded into this run: {e}")));
     }
     *done = step;
+    t.state = run_state;
     tracing::info!(checkpoint = %found.display(), step, "resumed");
     Ok(())
 }

@@ -66,6 +66,28 @@ pub enum TrainError {
         /// 0-based optimizer step.
         step: usize,
     },
+    /// The forward pass produced inf/NaN: the first op that did, found by the stability monitor.
+    #[error("non-finite loss at optimizer step {step}: {report}")]
+    NonFiniteForward {
+        /// 0-based optimizer step.
+        step: usize,
+        /// Where the forward pass first went non-finite.
+        report: Box<qwen2_core::error::NonFiniteReport>,
+    },
+    /// Loss scaling could not find a scale at which the gradients stay finite.
+    #[error("training diverged at step {step}: {what} (loss scale {scale}, {skipped} steps skipped in a row). \
+             Remedies, in order: a lower --lr, a smaller --batch-size, --precision bf16 where the \
+             device has it, or --precision f32")]
+    Diverged {
+        /// 0-based optimizer step.
+        step: usize,
+        /// What tripped: too many skipped steps or the scale below its minimum.
+        what: String,
+        /// The last loss scale.
+        scale: f64,
+        /// Consecutive skipped steps.
+        skipped: usize,
+    },
     /// Training was interrupted (Ctrl-C) after saving a checkpoint.
     #[error("interrupted at step {step}; checkpoint saved in {checkpoint}")]
     Interrupted {

@@ -15,6 +15,7 @@ pub mod lora;
 pub mod optim;
 pub mod options;
 pub mod save;
+pub mod scaler;
 pub mod schedule;
 pub mod trainer;
 
@@ -22,5 +23,6 @@ pub use burn::backend::Autodiff;
 pub use error::{Result, TrainError};
 pub use lora::LoraOptions;
 pub use options::{FinetuneOptions, Length, TrainPrecision};
+pub use scaler::{LossScaler, ScalerConfig};
 pub use schedule::LrSchedule;
 pub use trainer::{EvalRecord, Event, StepRecord, Trainer};

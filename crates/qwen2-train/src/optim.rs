@@ -4,7 +4,6 @@
 //! clips per tensor, so the trainer uses this one.
 
 use burn::prelude::{Backend, Tensor};
-use burn::tensor::cast::ToElement;
 use burn::tensor::FloatDType;
 
 /// AdamW hyper-parameters (PyTorch's defaults, except `weight_decay`, which HF's Trainer and
@@ -82,17 +81,41 @@ impl<B: Backend> Moments<B> {
 }
 
 /// The global L2 norm of all `grads` (`[numel]` each, f32), as `clip_grad_norm_` computes it
-/// (the norm of the per-tensor norms), read back to the host once.
+/// (the norm of the per-tensor norms).
 pub fn global_norm<B: Backend>(grads: &[Tensor<B, 1>]) -> f64 {
+    finite_and_norm(grads).1
+}
+
+/// Whether every gradient value is finite (GradScaler's `found_inf` check), and the global
+/// norm, from one read back to the host. `x − x` is 0 for finite values and NaN for inf/NaN,
+/// so one sum per tensor tells whether it holds any.
+pub fn finite_and_norm<B: Backend>(grads: &[Tensor<B, 1>]) -> (bool, f64) {
     if grads.is_empty() {
-        return 0.0;
+        return (true, 0.0);
     }
-    let norms: Vec<Tensor<B, 1>> = grads
+    let mut parts = Vec::with_capacity(grads.len() * 2);
+    for g in grads {
+        parts.push((g.clone() - g.clone()).sum());
+        parts.push(g.clone().square().sum().sqrt());
+    }
+    let values = Tensor::cat(parts, 0)
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32 gradients");
+    let finite = values.iter().step_by(2).all(|v| *v == 0.0);
+    let norms: Vec<f64> = values
         .iter()
-        .map(|g| g.clone().square().sum().sqrt())
+        .skip(1)
+        .step_by(2)
+        .map(|&v| v as f64)
         .collect();
-    let total = Tensor::cat(norms, 0).square().sum().sqrt();
-    total.into_scalar().to_f64()
+    // torch: the norm of the per-tensor norms, in f32.
+    let total = norms
+        .iter()
+        .map(|n| (*n as f32) * (*n as f32))
+        .sum::<f32>()
+        .sqrt() as f64;
+    (finite, total)
 }
 
 /// `clip_grad_norm_`'s factor: `min(1, max_norm / (total + 1e-6))`; `None` when clipping is

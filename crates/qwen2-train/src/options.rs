@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lora::LoraOptions;
 use crate::optim::AdamWConfig;
+use crate::scaler::ScalerConfig;
 use crate::schedule::LrSchedule;
 
 /// How a run trains numerically. Trained weights and optimizer state are f32 in every policy
@@ -20,6 +21,11 @@ pub enum TrainPrecision {
     F32,
     /// bf16 compute per the inference `bf16` plan (norms, softmax, logits and loss in f32).
     Bf16,
+    /// f16 compute per the inference `f16-safe` plan (residual stream, the projections writing
+    /// into it, norms, QKᵀ, softmax, logits and loss in f32) with dynamic loss scaling.
+    F16Scaled,
+    /// The naive f16 plan with no scaling: kept to reproduce the failure.
+    F16,
 }
 
 impl TrainPrecision {
@@ -28,6 +34,30 @@ impl TrainPrecision {
         match self {
             TrainPrecision::F32 => "f32",
             TrainPrecision::Bf16 => "bf16",
+            TrainPrecision::F16Scaled => "f16-scaled",
+            TrainPrecision::F16 => "f16",
+        }
+    }
+
+    /// Every policy, safest last.
+    pub const ALL: [TrainPrecision; 4] = [
+        TrainPrecision::F16,
+        TrainPrecision::F16Scaled,
+        TrainPrecision::Bf16,
+        TrainPrecision::F32,
+    ];
+
+    /// Whether backward runs on a scaled loss.
+    pub fn scaled(self) -> bool {
+        self == TrainPrecision::F16Scaled
+    }
+
+    /// The next safer policy (`--on-nonfinite fallback`): f16 → f16-scaled → f32, bf16 → f32.
+    pub fn safer(self) -> Option<TrainPrecision> {
+        match self {
+            TrainPrecision::F16 => Some(TrainPrecision::F16Scaled),
+            TrainPrecision::F16Scaled | TrainPrecision::Bf16 => Some(TrainPrecision::F32),
+            TrainPrecision::F32 => None,
         }
     }
 
@@ -37,6 +67,8 @@ impl TrainPrecision {
         let plan = match self {
             TrainPrecision::F32 => Policy::F32.plan(),
             TrainPrecision::Bf16 => Policy::Bf16.plan(),
+            TrainPrecision::F16Scaled => Policy::F16Safe.plan(),
+            TrainPrecision::F16 => Policy::F16.plan(),
         };
         PrecisionPlan {
             weights: if trained_base {
@@ -125,6 +157,12 @@ pub struct FinetuneOptions {
     pub resume: Option<PathBuf>,
     /// dtype of a saved full model (default: the base checkpoint's).
     pub save_dtype: Option<FloatDType>,
+    /// Loss scaling under `f16-scaled`.
+    pub scaler: ScalerConfig,
+    /// Stop after this many skipped steps in a row (overflowing gradients).
+    pub max_skipped_steps: usize,
+    /// Stop when the loss scale falls below this.
+    pub min_loss_scale: f64,
 }
 
 impl FinetuneOptions {
@@ -157,6 +195,9 @@ impl FinetuneOptions {
             save_every: 0,
             resume: None,
             save_dtype: None,
+            scaler: ScalerConfig::default(),
+            max_skipped_steps: 20,
+            min_loss_scale: 1.0,
         }
     }
 }

@@ -12,6 +12,7 @@ use burn::tensor::cast::ToElement;
 use burn::tensor::{FloatDType, TensorData};
 use qwen2_core::adapter::Adapter;
 use qwen2_core::model::{context_length, Batch, Qwen2Model, WeightKind, WeightMut};
+use qwen2_core::monitor::locate_nonfinite;
 use qwen2_core::observe::NoObserver;
 use qwen2_core::text::{ChatTemplate, GenerationConfig, TextTokenizer};
 use qwen2_core::Qwen2Config;
@@ -20,8 +21,9 @@ use serde::Serialize;
 use crate::batches::{BatchPlan, MicroBatch};
 use crate::data::{Dataset, TextPipeline};
 use crate::error::{Result, TrainError};
-use crate::optim::{clip_factor, global_norm, Moments};
+use crate::optim::{clip_factor, finite_and_norm, Moments};
 use crate::options::{FinetuneOptions, Length};
+use crate::scaler::LossScaler;
 use crate::{checkpoint, lora, save};
 
 /// What one optimizer step did (one line of `--json-log`).
@@ -43,6 +45,13 @@ pub struct StepRecord {
     pub label_tokens: usize,
     /// Wall time of the step.
     pub seconds: f64,
+    /// The loss scale this step's backward ran with (`f16-scaled` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// Whether the update was skipped because the scaled gradients overflowed.
+    pub skipped: bool,
+    /// Skipped steps so far.
+    pub skipped_steps: usize,
     /// Passes over the data completed (fractional).
     pub epoch: f64,
 }
@@ -76,9 +85,25 @@ pub struct Trainer<B: AutodiffBackend> {
     eval: Option<Dataset>,
     batches: BatchPlan,
     total_steps: usize,
+    /// Optimizer steps attempted (the data position).
     step: usize,
     /// Trained weights by name, in visiting order, with their AdamW state.
     params: Vec<(String, Moments<B::InnerBackend>)>,
+    /// Counters and the loss scaler: the part of the state besides tensors.
+    pub(crate) state: RunState,
+}
+
+/// What a run carries from step to step besides tensors (saved in checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunState {
+    /// Steps whose update was applied (the schedule's and AdamW's step count).
+    pub applied: usize,
+    /// Steps skipped because the gradients overflowed, in all.
+    pub skipped_total: usize,
+    /// Steps skipped in a row up to now.
+    pub skipped_in_a_row: usize,
+    /// The loss scaler under `f16-scaled`.
+    pub scaler: Option<LossScaler>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -167,7 +192,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             total_steps,
             step: 0,
             params,
+            state: RunState {
+                applied: 0,
+                skipped_total: 0,
+                skipped_in_a_row: 0,
+                scaler: None,
+            },
         };
+        if trainer.opts.precision.scaled() {
+            trainer.state.scaler = Some(LossScaler::new(trainer.opts.scaler));
+        }
         if let Some(dir) = trainer.opts.resume.clone() {
             checkpoint::restore(&mut trainer, &dir)?;
         }
@@ -223,7 +257,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         (&mut self.model, &mut self.params, &mut self.step)
     }
 
-    /// The learning rate of (0-based) step `step`.
+    /// The learning rate after `step` applied updates (skipped steps do not advance the
+    /// schedule, as in HF Trainer).
     pub fn lr_at(&self, step: usize) -> f64 {
         self.opts.lr
             * self
@@ -243,7 +278,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .iter()
             .map(|records| MicroBatch::new(&self.train.examples, records))
             .collect();
-        let (loss, grads, _) = self.accumulate(step, &micro)?;
+        let (loss, grads, _) = self.accumulate(step, &micro, None)?;
         Ok((loss, grads))
     }
 
@@ -252,6 +287,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         &mut self,
         step: usize,
         micro: &[MicroBatch],
+        loss_scale: Option<f32>,
     ) -> Result<(f64, Vec<Option<Tensor<B::InnerBackend, 1>>>, usize)> {
         let label_tokens: usize = micro.iter().map(|m| m.targets.len()).sum();
         let mut acc: Vec<Option<Tensor<B::InnerBackend, 1>>> = vec![None; self.params.len()];
@@ -269,7 +305,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             let sum = self.loss_sum(mb)?;
             let scaled = sum.div_scalar(label_tokens as f64);
             loss += scaled.clone().inner().into_scalar().to_f64();
-            let grads = scaled.backward();
+            let grads = match loss_scale {
+                Some(scale) => (scaled * scale as f64).backward(),
+                None => scaled.backward(),
+            };
             let mut i = 0;
             self.model.visit_weights(&mut |_, kind, w| {
                 if (kind == WeightKind::Base) != self.opts.lora.is_none() {
@@ -326,25 +365,57 @@ impl<B: AutodiffBackend> Trainer<B> {
             .map(|records| MicroBatch::new(&self.train.examples, records))
             .collect();
         let tokens = micro.iter().map(MicroBatch::tokens).sum();
-        let (loss, mut grads, label_tokens) = self.accumulate(step, &micro)?;
+        let scale = self.state.scaler.map(|s| s.scale);
+        let (loss, mut grads, label_tokens) = self.accumulate(step, &micro, scale)?;
         if !loss.is_finite() {
-            return Err(TrainError::NonFinite {
-                what: "loss".into(),
-                step,
-            });
+            return Err(self.nonfinite_forward(step, &micro));
+        }
+        if let Some(s) = &self.state.scaler {
+            let inv = s.inv_scale() as f64;
+            for g in grads.iter_mut().flatten() {
+                *g = g.clone() * inv;
+            }
         }
         let present: Vec<Tensor<B::InnerBackend, 1>> = grads.iter().flatten().cloned().collect();
-        let grad_norm = global_norm(&present);
-        if !grad_norm.is_finite() {
-            return Err(TrainError::NonFinite {
-                what: "gradient norm".into(),
-                step,
-            });
+        let (finite, grad_norm) = finite_and_norm(&present);
+        let lr = self.lr_at(self.state.applied);
+        let record = |skipped: bool, state: &RunState| StepRecord {
+            step: step + 1,
+            loss,
+            lr,
+            grad_norm,
+            clipped: false,
+            tokens,
+            label_tokens,
+            seconds: start.elapsed().as_secs_f64(),
+            loss_scale: scale.map(f64::from),
+            skipped,
+            skipped_steps: state.skipped_total,
+            epoch: self.batches.epoch_after(step + 1),
+        };
+        if let Some(scaler) = &mut self.state.scaler {
+            scaler.update(!finite);
         }
+        if !finite {
+            if self.state.scaler.is_none() {
+                return Err(TrainError::NonFinite {
+                    what: "gradients".into(),
+                    step,
+                });
+            }
+            self.step += 1;
+            self.state.skipped_total += 1;
+            self.state.skipped_in_a_row += 1;
+            let r = record(true, &self.state);
+            tracing::warn!(step, scale = ?scale, "gradients overflowed: step skipped, loss scale backed off");
+            self.check_divergence(step)?;
+            return Ok(r);
+        }
+        self.state.skipped_in_a_row = 0;
         let clip = clip_factor(grad_norm, self.opts.max_grad_norm);
-        let lr = self.lr_at(step);
         let adamw = self.opts.adamw;
         let full = self.opts.lora.is_none();
+        let t = self.state.applied + 1;
         let params = &mut self.params;
         let mut i = 0;
         self.model.visit_weights(&mut |name, kind, w| {
@@ -359,33 +430,68 @@ impl<B: AutodiffBackend> Trainer<B> {
                 };
                 let state = &mut params[i].1;
                 match w {
-                    WeightMut::Vector(t) => {
-                        let p = t.clone().inner();
-                        let p = adamw.update(p, g, state, lr, step + 1);
-                        *t = Tensor::from_inner(p).require_grad();
+                    WeightMut::Vector(w) => {
+                        let p = adamw.update(w.clone().inner(), g, state, lr, t);
+                        *w = Tensor::from_inner(p).require_grad();
                     }
-                    WeightMut::Matrix(t) => {
-                        let shape = t.shape();
-                        let p = t.clone().inner().flatten::<1>(0, 1);
-                        let p = adamw.update(p, g, state, lr, step + 1);
-                        *t = Tensor::from_inner(p.reshape(shape)).require_grad();
+                    WeightMut::Matrix(w) => {
+                        let shape = w.shape();
+                        let p = w.clone().inner().flatten::<1>(0, 1);
+                        let p = adamw.update(p, g, state, lr, t);
+                        *w = Tensor::from_inner(p.reshape(shape)).require_grad();
                     }
                 }
             }
             i += 1;
         });
         self.step += 1;
+        self.state.applied += 1;
         Ok(StepRecord {
-            step: self.step,
-            loss,
-            lr,
-            grad_norm,
             clipped: clip.is_some(),
-            tokens,
-            label_tokens,
-            seconds: start.elapsed().as_secs_f64(),
-            epoch: self.batches.epoch_after(self.step),
+            ..record(false, &self.state)
         })
+    }
+
+    /// Stops a run whose scaler cannot find a working scale.
+    fn check_divergence(&self, step: usize) -> Result<()> {
+        let scale = self.state.scaler.map_or(0.0, |s| s.scale as f64);
+        let what = if self.state.skipped_in_a_row >= self.opts.max_skipped_steps.max(1) {
+            format!(
+                "{} steps in a row overflowed (--max-skipped-steps {})",
+                self.state.skipped_in_a_row, self.opts.max_skipped_steps
+            )
+        } else if scale < self.opts.min_loss_scale {
+            format!(
+                "the loss scale fell below --min-loss-scale {}",
+                self.opts.min_loss_scale
+            )
+        } else {
+            return Ok(());
+        };
+        Err(TrainError::Diverged {
+            step,
+            what,
+            scale,
+            skipped: self.state.skipped_in_a_row,
+        })
+    }
+
+    /// The error for a non-finite loss: the first op of the forward pass that held an inf or
+    /// NaN (the stability monitor's full mode, on each row of the step until one fails).
+    fn nonfinite_forward(&self, step: usize, micro: &[MicroBatch]) -> TrainError {
+        for row in micro.iter().flat_map(|m| m.rows.iter()) {
+            match locate_nonfinite(&self.model, row, step) {
+                Ok(Some(qwen2_core::Error::NonFinite(report))) => {
+                    return TrainError::NonFiniteForward { step, report };
+                }
+                Ok(_) => continue,
+                Err(e) => return e.into(),
+            }
+        }
+        TrainError::NonFinite {
+            what: "loss".into(),
+            step,
+        }
     }
 
     /// Mean loss over the evaluation data (`None` without `--eval`).
