@@ -324,3 +324,58 @@ fn ctrl_c_saves_a_checkpoint_that_only_the_same_run_resumes() {
     );
     assert!(steps_done >= 3);
 }
+
+#[test]
+fn f16_training_failures_exit_3_with_the_cause_and_the_remedies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let facts = common::facts("massive-1e5");
+    let data = tmp.path().join("massive.jsonl");
+    let model = fixture("massive-1e5");
+    std::fs::write(
+        &data,
+        serde_json::json!({ "input_ids": facts["prompt_ids"] }).to_string(),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "finetune",
+            "--model",
+            path(&model),
+            "--data",
+            path(&data),
+            "--out",
+            path(tmp.path()),
+            "--steps",
+            "5",
+            "--batch-size",
+            "1",
+        ];
+        args.extend(extra);
+        qwen2(&args)
+    };
+    // Naive f16: the forward monitor names the op.
+    let out = run(&["--precision", "f16"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("model.layers.0.mlp.down_proj") && stderr.contains("f16-scaled"),
+        "{stderr}"
+    );
+    // A scale that can never fit: three skipped steps in a row stop the run.
+    let out = run(&[
+        "--precision",
+        "f16-scaled",
+        "--loss-scale-init",
+        "1e30",
+        "--max-skipped-steps",
+        "3",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("3 steps in a row overflowed")
+            && stderr.contains("lower --lr")
+            && stderr.contains("--precision f32"),
+        "{stderr}"
+    );
+}

@@ -67,7 +67,12 @@ pub enum TrainError {
         step: usize,
     },
     /// The forward pass produced inf/NaN: the first op that did, found by the stability monitor.
-    #[error("non-finite loss at optimizer step {step}: {report}")]
+    #[error(
+        "non-finite loss at optimizer step {step}: the forward pass first overflowed at {} \
+         (layer {}, held in {}: {} NaN, {} inf); largest finite |x| before it: {:.4e} at {}; \
+         try --precision f16-scaled, bf16 or f32",
+        report.site, report.layer, report.dtype, report.nan, report.inf, report.peak_before, report.peak_site
+    )]
     NonFiniteForward {
         /// 0-based optimizer step.
         step: usize,

@@ -94,8 +94,10 @@ impl FromStr for TrainPrecision {
         match s {
             "f32" => Ok(TrainPrecision::F32),
             "bf16" => Ok(TrainPrecision::Bf16),
+            "f16-scaled" => Ok(TrainPrecision::F16Scaled),
+            "f16" => Ok(TrainPrecision::F16),
             _ => Err(format!(
-                "unknown training precision '{s}' (expected f32 or bf16)"
+                "unknown training precision '{s}' (expected f32, bf16, f16-scaled or f16)"
             )),
         }
     }
