@@ -201,6 +201,7 @@ static F16_TABLE: PolicyTable = PolicyTable {
         policy: Policy::F16,
         reason: "test",
     }],
+    training: &[],
 };
 
 #[test]

@@ -41,6 +41,14 @@ pub fn backend_report<P: Platform>() -> serde_json::Value {
                     Err(e) => serde_json::json!({"error": e.to_string()}),
                 },
                 "policies": policies,
+                "training_auto": match table.select_training(&hw, None) {
+                    Ok(r) => serde_json::json!({
+                        "precision": r.policy.name(),
+                        "rule": r.rule,
+                        "reason": r.reason,
+                    }),
+                    Err(e) => serde_json::json!({"error": e.to_string()}),
+                },
             })
         })
         .collect();
@@ -90,6 +98,18 @@ pub fn print(reports: &[serde_json::Value], json: bool) -> CliResult {
                 None => println!(
                     "    auto -> error: {}",
                     auto["error"].as_str().unwrap_or("?")
+                ),
+            }
+            let train = &d["training_auto"];
+            match train["precision"].as_str() {
+                Some(p) => println!(
+                    "    finetune auto -> {p} (rule {}): {}",
+                    train["rule"].as_str().unwrap_or("-"),
+                    train["reason"].as_str().unwrap_or("")
+                ),
+                None => println!(
+                    "    finetune auto -> error: {}",
+                    train["error"].as_str().unwrap_or("?")
                 ),
             }
             if let Some(p) = d["policies"].as_object() {

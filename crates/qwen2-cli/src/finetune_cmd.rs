@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::tensor::FloatDType;
 use qwen2_burn::core::adapter::Adapter;
-use qwen2_burn::core::precision::Hardware;
+use qwen2_burn::core::precision::ResolvedTraining;
 use qwen2_burn::core::{Platform, PrecisionPlan, Qwen2Model};
 use qwen2_train::{
     Autodiff, Event, FinetuneOptions, Length, LoraOptions, TrainError, TrainPrecision, Trainer,
@@ -37,7 +37,7 @@ fn target_name(t: &str) -> String {
 }
 
 /// Builds the library options from the command line.
-pub fn options(a: &FinetuneArgs, hw: &Hardware) -> CliResult<FinetuneOptions> {
+pub fn options(a: &FinetuneArgs, training: &ResolvedTraining) -> CliResult<FinetuneOptions> {
     let mut o = FinetuneOptions::new(&a.model, &a.data, &a.out);
     if a.lora {
         o.lora = Some(LoraOptions {
@@ -50,22 +50,7 @@ pub fn options(a: &FinetuneArgs, hw: &Hardware) -> CliResult<FinetuneOptions> {
     } else if a.adapter.is_some() {
         return Err("--adapter (start from an existing adapter) needs --lora".into());
     }
-    o.precision = match a.precision.as_str() {
-        "auto" => TrainPrecision::F32,
-        p => p.parse::<TrainPrecision>()?,
-    };
-    let needs = match o.precision {
-        TrainPrecision::Bf16 => Some(("bf16", hw.supports_bf16)),
-        TrainPrecision::F16 | TrainPrecision::F16Scaled => Some(("f16", hw.supports_f16)),
-        TrainPrecision::F32 => None,
-    };
-    if let Some((dtype, false)) = needs {
-        return Err(format!(
-            "--precision {}: {} cannot compute in {dtype}; use --precision f32",
-            o.precision, hw.name
-        )
-        .into());
-    }
+    o.precision = training.policy;
     o.scaler = qwen2_train::ScalerConfig {
         init_scale: a.loss_scale_init,
         growth_factor: a.loss_scale_growth_factor,
@@ -152,10 +137,19 @@ impl Progress {
 pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
     let device = device_of::<P>()?;
     let hw = P::probe(&device);
-    let opts = options(&a, &hw)?;
-    if a.precision == "auto" {
-        tracing::info!("--precision auto trains in f32 (master weights and compute)");
+    let choice = match a.precision.as_str() {
+        "auto" => None,
+        p => Some(p.parse::<TrainPrecision>()?),
+    };
+    let training = P::policy_table().select_training(&hw, choice)?;
+    tracing::info!(hardware = %hw, policy = %training.policy, rule = ?training.rule, reason = %training.reason, "training precision");
+    if let Some(rule) = training.rule {
+        eprintln!(
+            "--precision auto: {} (rule {rule}: {})",
+            training.policy, training.reason
+        );
     }
+    let opts = options(&a, &training)?;
     let mut log = match &a.json_log {
         Some(path) => Some(
             std::fs::OpenOptions::new()

@@ -7,7 +7,9 @@ mod gemv;
 mod host;
 
 use burn_flex::{Flex, FlexDevice};
-use qwen2_core::precision::{DeviceKind, Hardware, Policy, PolicyTable, Rule};
+use qwen2_core::precision::{
+    DeviceKind, Hardware, Policy, PolicyTable, Rule, TrainPolicy, TrainingRule,
+};
 use qwen2_core::Platform;
 
 pub use burn_flex::{Flex as Backend, FlexDevice as Device};
@@ -19,6 +21,12 @@ pub struct Cpu;
 /// (bf16 is widened in registers, f32 accumulation), and bf16 decodes ~1.5x faster from half
 /// the memory; f32 stays the default because it is exact against the reference while bf16
 /// moves logits by up to ~0.6 on the test fixtures. `--precision bf16` is the fast choice.
+/// Why `qwen2 finetune --precision auto` trains in f32 on the CPU (see `cargo xtask bench-train`).
+pub const CPU_TRAIN_REASON: &str =
+    "CPU: f32 training is exact against PyTorch; bf16 compute (f32 master \
+     weights) is not faster here because burn's CPU backend converts bf16 operands on every \
+     autodiff op (bench-train in the README)";
+
 pub static CPU_POLICY_TABLE: PolicyTable = PolicyTable {
     backend: "cpu",
     rules: &[Rule {
@@ -28,6 +36,12 @@ pub static CPU_POLICY_TABLE: PolicyTable = PolicyTable {
         reason: "CPU: f32 is exact against the reference; bf16 prefills about as fast, decodes \
                  ~1.5x faster and needs half the memory (0.5B benchmark in the README), at the cost \
                  of bf16 rounding (logits move by up to ~0.6): pick it with --precision bf16",
+    }],
+    training: &[TrainingRule {
+        name: "cpu-train-f32",
+        applies: |hw| hw.kind == DeviceKind::Cpu,
+        policy: TrainPolicy::F32,
+        reason: CPU_TRAIN_REASON,
     }],
 };
 

@@ -3,7 +3,9 @@
 
 use burn_cuda::{Cuda as CudaBackend, CudaDevice};
 use cudarc::driver::{result, sys};
-use qwen2_core::precision::{DeviceKind, Hardware, Policy, PolicyTable, Rule};
+use qwen2_core::precision::{
+    DeviceKind, Hardware, Policy, PolicyTable, Rule, TrainPolicy, TrainingRule,
+};
 use qwen2_core::Platform;
 
 pub use burn_cuda::CudaDevice as Device;
@@ -49,6 +51,29 @@ pub static CUDA_POLICY_TABLE: PolicyTable = PolicyTable {
             applies: |_| true,
             policy: Policy::F32,
             reason: "compute capability below 7.0: no tensor cores and slow or no f16, so f32",
+        },
+    ],
+    training: &[
+        TrainingRule {
+            name: "cuda-sm80-train-bf16",
+            applies: |hw| cc(hw) >= MIN_BF16_CC,
+            policy: TrainPolicy::Bf16,
+            reason: "compute capability >= 8.0: bf16 compute with f32 master weights needs no loss \
+                     scaling (bf16 has f32's range)",
+        },
+        TrainingRule {
+            name: "cuda-sm70-train-f16-scaled",
+            applies: |hw| cc(hw) >= MIN_F16_TENSOR_CORE_CC,
+            policy: TrainPolicy::F16Scaled,
+            reason: "compute capability 7.x (V100, T4): no bf16, so f16 compute under the f16-safe plan \
+                     with f32 master weights and dynamic loss scaling (plain f16 training of Qwen2 gives \
+                     NaN losses)",
+        },
+        TrainingRule {
+            name: "cuda-old-train-f32",
+            applies: |_| true,
+            policy: TrainPolicy::F32,
+            reason: "compute capability below 7.0: no tensor cores, so f32",
         },
     ],
 };
@@ -152,6 +177,26 @@ pub fn hardware_for_cc(name: &str, cc: (u32, u32)) -> Hardware {
 mod tests {
     use super::*;
     use qwen2_core::precision::Choice;
+
+    #[test]
+    fn training_column_picks_per_compute_capability() {
+        let cases = [
+            ("Tesla V100", (7, 0), TrainPolicy::F16Scaled),
+            ("Tesla T4", (7, 5), TrainPolicy::F16Scaled),
+            ("A100", (8, 0), TrainPolicy::Bf16),
+            ("H100", (9, 0), TrainPolicy::Bf16),
+            ("GTX 1080", (6, 1), TrainPolicy::F32),
+        ];
+        for (name, cc, policy) in cases {
+            let hw = hardware_for_cc(name, cc);
+            let r = CUDA_POLICY_TABLE.select_training(&hw, None).unwrap();
+            assert_eq!(r.policy, policy, "{name}");
+            assert!(r.rule.is_some() && !r.reason.is_empty());
+        }
+        let t4 = hardware_for_cc("Tesla T4", (7, 5));
+        let refused = CUDA_POLICY_TABLE.select_training(&t4, Some(TrainPolicy::Bf16));
+        assert!(refused.unwrap_err().to_string().contains("bf16"));
+    }
 
     #[test]
     fn table_picks_per_compute_capability() {

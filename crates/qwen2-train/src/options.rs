@@ -1,107 +1,17 @@
 //! What a fine-tuning run is asked to do.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use burn::tensor::FloatDType;
-use qwen2_core::precision::{Policy, PrecisionPlan};
 use serde::{Deserialize, Serialize};
+
+/// The training policies (defined with the policy tables in qwen2-core).
+pub use qwen2_core::precision::TrainPolicy as TrainPrecision;
 
 use crate::lora::LoraOptions;
 use crate::optim::AdamWConfig;
 use crate::scaler::ScalerConfig;
 use crate::schedule::LrSchedule;
-
-/// How a run trains numerically. Trained weights and optimizer state are f32 in every policy
-/// (master weights); the policy decides what the forward and backward passes compute in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TrainPrecision {
-    /// Everything in f32.
-    F32,
-    /// bf16 compute per the inference `bf16` plan (norms, softmax, logits and loss in f32).
-    Bf16,
-    /// f16 compute per the inference `f16-safe` plan (residual stream, the projections writing
-    /// into it, norms, QKᵀ, softmax, logits and loss in f32) with dynamic loss scaling.
-    F16Scaled,
-    /// The naive f16 plan with no scaling: kept to reproduce the failure.
-    F16,
-}
-
-impl TrainPrecision {
-    /// The `--precision` name.
-    pub fn name(self) -> &'static str {
-        match self {
-            TrainPrecision::F32 => "f32",
-            TrainPrecision::Bf16 => "bf16",
-            TrainPrecision::F16Scaled => "f16-scaled",
-            TrainPrecision::F16 => "f16",
-        }
-    }
-
-    /// Every policy, safest last.
-    pub const ALL: [TrainPrecision; 4] = [
-        TrainPrecision::F16,
-        TrainPrecision::F16Scaled,
-        TrainPrecision::Bf16,
-        TrainPrecision::F32,
-    ];
-
-    /// Whether backward runs on a scaled loss.
-    pub fn scaled(self) -> bool {
-        self == TrainPrecision::F16Scaled
-    }
-
-    /// The next safer policy (`--on-nonfinite fallback`): f16 → f16-scaled → f32, bf16 → f32.
-    pub fn safer(self) -> Option<TrainPrecision> {
-        match self {
-            TrainPrecision::F16 => Some(TrainPrecision::F16Scaled),
-            TrainPrecision::F16Scaled | TrainPrecision::Bf16 => Some(TrainPrecision::F32),
-            TrainPrecision::F32 => None,
-        }
-    }
-
-    /// The graph's plan: the inference policy's dtypes, with weights held in `weights` (f32
-    /// master weights when they are trained; the compute dtype when they are frozen).
-    pub fn plan(self, trained_base: bool) -> PrecisionPlan {
-        let plan = match self {
-            TrainPrecision::F32 => Policy::F32.plan(),
-            TrainPrecision::Bf16 => Policy::Bf16.plan(),
-            TrainPrecision::F16Scaled => Policy::F16Safe.plan(),
-            TrainPrecision::F16 => Policy::F16.plan(),
-        };
-        PrecisionPlan {
-            weights: if trained_base {
-                FloatDType::F32
-            } else {
-                plan.weights
-            },
-            ..plan
-        }
-    }
-}
-
-impl fmt::Display for TrainPrecision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for TrainPrecision {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "f32" => Ok(TrainPrecision::F32),
-            "bf16" => Ok(TrainPrecision::Bf16),
-            "f16-scaled" => Ok(TrainPrecision::F16Scaled),
-            "f16" => Ok(TrainPrecision::F16),
-            _ => Err(format!(
-                "unknown training precision '{s}' (expected f32, bf16, f16-scaled or f16)"
-            )),
-        }
-    }
-}
 
 /// How long to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

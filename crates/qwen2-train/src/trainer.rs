@@ -26,6 +26,12 @@ use crate::options::{FinetuneOptions, Length};
 use crate::scaler::LossScaler;
 use crate::{checkpoint, lora, save};
 
+/// One flattened f32 gradient per trained tensor (`None` where a tensor got none).
+pub type Grads<B> = Vec<Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>>;
+
+/// Trained tensors by name with their AdamW state.
+pub(crate) type Params<B> = Vec<(String, Moments<<B as AutodiffBackend>::InnerBackend>)>;
+
 /// What one optimizer step did (one line of `--json-log`).
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRecord {
@@ -88,7 +94,7 @@ pub struct Trainer<B: AutodiffBackend> {
     /// Optimizer steps attempted (the data position).
     step: usize,
     /// Trained weights by name, in visiting order, with their AdamW state.
-    params: Vec<(String, Moments<B::InnerBackend>)>,
+    params: Params<B>,
     /// Counters and the loss scaler: the part of the state besides tensors.
     pub(crate) state: RunState,
 }
@@ -247,13 +253,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .map(|(n, m)| (n.as_str(), m.m.shape().num_elements()))
     }
 
-    pub(crate) fn parts_mut(
-        &mut self,
-    ) -> (
-        &mut Qwen2Model<B>,
-        &mut Vec<(String, Moments<B::InnerBackend>)>,
-        &mut usize,
-    ) {
+    pub(crate) fn parts_mut(&mut self) -> (&mut Qwen2Model<B>, &mut Params<B>, &mut usize) {
         (&mut self.model, &mut self.params, &mut self.step)
     }
 
@@ -270,7 +270,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Forward and backward of one step without updating anything: the loss and the
     /// accumulated gradient of every trained tensor (flattened, f32), in [`Trainer::trained`]
     /// order (`None` where a tensor got no gradient).
-    pub fn gradients(&mut self) -> Result<(f64, Vec<Option<Tensor<B::InnerBackend, 1>>>)> {
+    pub fn gradients(&mut self) -> Result<(f64, Grads<B>)> {
         let step = self.step;
         let micro: Vec<MicroBatch> = self
             .batches
@@ -282,13 +282,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok((loss, grads))
     }
 
-    #[allow(clippy::type_complexity)]
     fn accumulate(
         &mut self,
         step: usize,
         micro: &[MicroBatch],
         loss_scale: Option<f32>,
-    ) -> Result<(f64, Vec<Option<Tensor<B::InnerBackend, 1>>>, usize)> {
+    ) -> Result<(f64, Grads<B>, usize)> {
         let label_tokens: usize = micro.iter().map(|m| m.targets.len()).sum();
         let mut acc: Vec<Option<Tensor<B::InnerBackend, 1>>> = vec![None; self.params.len()];
         let mut loss = 0.0;

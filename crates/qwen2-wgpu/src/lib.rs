@@ -2,7 +2,9 @@
 //! policy table, and a refusal of bf16, which burn 0.21's wgpu kernels cannot run.
 
 use burn_wgpu::{Wgpu as WgpuBackend, WgpuDevice};
-use qwen2_core::precision::{DeviceKind, Hardware, Policy, PolicyTable, Rule};
+use qwen2_core::precision::{
+    DeviceKind, Hardware, Policy, PolicyTable, Rule, TrainPolicy, TrainingRule,
+};
 use qwen2_core::Platform;
 
 pub use burn_wgpu::WgpuDevice as Device;
@@ -36,6 +38,27 @@ pub static WGPU_POLICY_TABLE: PolicyTable = PolicyTable {
             applies: |_| true,
             policy: Policy::F32,
             reason: "adapter without shader-f16: f32 is the only plan it computes",
+        },
+    ],
+    training: &[
+        TrainingRule {
+            name: "wgpu-software-train-f32",
+            applies: |hw| hw.kind == DeviceKind::SoftwareGpu,
+            policy: TrainPolicy::F32,
+            reason: "software adapter: no speed to gain from f16, so f32",
+        },
+        TrainingRule {
+            name: "wgpu-shader-f16-train-f16-scaled",
+            applies: |hw| hw.supports_f16,
+            policy: TrainPolicy::F16Scaled,
+            reason: "hardware adapter with shader-f16 and no usable bf16: f16 compute under the f16-safe \
+                     plan with f32 master weights and dynamic loss scaling",
+        },
+        TrainingRule {
+            name: "wgpu-train-f32",
+            applies: |_| true,
+            policy: TrainPolicy::F32,
+            reason: "adapter without shader-f16: f32",
         },
     ],
 };
@@ -194,6 +217,23 @@ mod tests {
             compute_capability: None,
             features: vec![],
         }
+    }
+
+    #[test]
+    fn training_column_picks_per_adapter() {
+        let pick = |h: &Hardware| WGPU_POLICY_TABLE.select_training(h, None).unwrap().policy;
+        assert_eq!(
+            pick(&hw(DeviceKind::DiscreteGpu, true)),
+            TrainPolicy::F16Scaled
+        );
+        assert_eq!(
+            pick(&hw(DeviceKind::IntegratedGpu, false)),
+            TrainPolicy::F32
+        );
+        assert_eq!(pick(&hw(DeviceKind::SoftwareGpu, true)), TrainPolicy::F32);
+        let refused = WGPU_POLICY_TABLE
+            .select_training(&hw(DeviceKind::DiscreteGpu, true), Some(TrainPolicy::Bf16));
+        assert!(refused.is_err());
     }
 
     #[test]

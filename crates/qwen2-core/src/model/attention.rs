@@ -66,6 +66,7 @@ impl<B: Backend> Attention<B> {
     /// `start..start + seq` → `[batch * seq, hidden]` in the residual-projection dtype. With a
     /// `cache` (one row only) this call's keys/values are appended to it for `layer` and the
     /// queries attend to everything cached; without one they attend to this call's keys.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: Tensor<B, 2>,

@@ -4,7 +4,9 @@
 mod hardware;
 mod plan;
 mod table;
+mod train;
 
 pub use hardware::{DeviceKind, Hardware};
 pub use plan::{Policy, PrecisionPlan};
 pub use table::{can_run, Choice, PolicyTable, Resolved, Rule};
+pub use train::{ResolvedTraining, TrainPolicy, TrainingRule};

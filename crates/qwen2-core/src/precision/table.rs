@@ -48,6 +48,8 @@ pub struct PolicyTable {
     pub backend: &'static str,
     /// The rules, in order.
     pub rules: &'static [Rule],
+    /// The training column: rules for `qwen2 finetune --precision auto`, in order.
+    pub training: &'static [super::train::TrainingRule],
 }
 
 /// A resolved choice: the plan, and why.
