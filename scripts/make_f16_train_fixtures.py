@@ -105,8 +105,14 @@ def rope_tables(model, seq):
     return emb.cos() * rot.attention_scaling, emb.sin() * rot.attention_scaling
 
 
-def forward_logits(model, ids, mask, f16):
-    """Logits [B, S, vocab] in f32. f16=False: the same graph with every cast an identity."""
+def forward_logits(model, ids, mask, f16, tap=None):
+    """Logits [B, S, vocab] in f32. f16=False: the same graph with every cast an identity.
+
+    tap(site, tensor) -> tensor, if given, sees the activation at each observation site (HF module
+    paths, as crates/qwen2-core/src/observe.rs names them) and returns the tensor the graph goes on
+    with; grad_probe uses it to hook the gradients. Without it the graph is unchanged."""
+    if tap is None:
+        tap = lambda _site, t: t  # noqa: E731
     if f16:
         c16 = lambda t: t.to(torch.float16)  # noqa: E731
     else:
@@ -134,10 +140,11 @@ def forward_logits(model, ids, mask, f16):
     add_mask = torch.zeros(b, 1, s, s, dtype=torch.float32).masked_fill(~keep, float("-inf"))
     scaling = 1.0 / math.sqrt(hd)
 
-    x = F.embedding(ids, embed_w).reshape(b * s, -1)  # f32
-    for layer in m.layers:
+    x = tap("model.embed_tokens", F.embedding(ids, embed_w).reshape(b * s, -1))  # f32
+    for i, layer in enumerate(m.layers):
+        pre = f"model.layers.{i}"
         at = layer.self_attn
-        h = rmsnorm(x, layer.input_layernorm.weight)
+        h = tap(f"{pre}.input_layernorm", rmsnorm(x, layer.input_layernorm.weight))
         q = lin16(h, at.q_proj)
         k = lin16(h, at.k_proj)
         v = lin16(h, at.v_proj)
@@ -152,20 +159,22 @@ def forward_logits(model, ids, mask, f16):
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
         out = c16(probs) @ c16(v)  # [b, nh, s, hd]
         out = out.transpose(1, 2).reshape(b * s, nh * hd)
-        x = x + c32(out) @ at.o_proj.weight.T  # f32 o_proj
+        attn_out = tap(f"{pre}.self_attn.o_proj", c32(out) @ at.o_proj.weight.T)  # f32 o_proj
+        x = tap(f"{pre}.residual_add.self_attn", x + attn_out)
         mlp = layer.mlp
-        h = rmsnorm(x, layer.post_attention_layernorm.weight)
-        gate = h @ c16(mlp.gate_proj.weight).T
-        up = h @ c16(mlp.up_proj.weight).T
+        h = tap(f"{pre}.post_attention_layernorm", rmsnorm(x, layer.post_attention_layernorm.weight))
+        gate = tap(f"{pre}.mlp.gate_proj", h @ c16(mlp.gate_proj.weight).T)
+        up = tap(f"{pre}.mlp.up_proj", h @ c16(mlp.up_proj.weight).T)
         act = F.silu(gate) * up
-        x = x + c32(act) @ mlp.down_proj.weight.T  # f32 down_proj
-    h = rmsnorm(x, m.norm.weight)
+        down = tap(f"{pre}.mlp.down_proj", c32(act) @ mlp.down_proj.weight.T)  # f32 down_proj
+        x = tap(pre, x + down)
+    h = tap("model.norm", rmsnorm(x, m.norm.weight))
     logits16 = h @ c16(embed_w).T
-    return c32(logits16).view(b, s, -1)
+    return tap("lm_head", c32(logits16).view(b, s, -1))
 
 
-def micro_loss(model, ids, labels, mask, n_items, f16):
-    logits = forward_logits(model, ids, mask, f16)
+def micro_loss(model, ids, labels, mask, n_items, f16, tap=None):
+    logits = forward_logits(model, ids, mask, f16, tap=tap)
     ce = F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]),
         labels[:, 1:].reshape(-1),
@@ -287,6 +296,88 @@ def f16_grad_peak_ratio(model, micro, n_items, scale):
 
 
 # ---------------------------------------------------------------------------------------------
+# backward anomaly: per-site gradient statistics of one micro-batch
+
+
+def site_names(n_layers):
+    """The observation sites in forward order (crates/qwen2-core/src/observe.rs names)."""
+    names = ["model.embed_tokens"]
+    for i in range(n_layers):
+        pre = f"model.layers.{i}"
+        names += [f"{pre}.input_layernorm", f"{pre}.self_attn.o_proj", f"{pre}.residual_add.self_attn",
+                  f"{pre}.post_attention_layernorm", f"{pre}.mlp.gate_proj", f"{pre}.mlp.up_proj",
+                  f"{pre}.mlp.down_proj", pre]
+    return names + ["model.norm", "lm_head"]
+
+
+def grad_stats(site, g):
+    finite = torch.isfinite(g)
+    n_finite = int(finite.sum())
+    return {
+        "site": site,
+        "dtype": str(g.dtype).removeprefix("torch."),
+        "nan": int(torch.isnan(g).sum()),
+        "inf": int(torch.isinf(g).sum()),
+        # null when the gradient holds no finite value at all
+        "max_abs_finite": float(g[finite].abs().max()) if n_finite else None,
+        "zeros": int((g == 0).sum()),
+        "numel": g.numel(),
+    }
+
+
+def grad_probe(base_dir, records, scale, f16=True, step=0, micro_batch=0):
+    """Backward of `scaler.scale(loss)` for one micro-batch of `step` at the initial weights (the
+    weights of every step before the first applied one), with a Tensor.register_hook on the
+    activation at every site. Each site's tensor is hooked once; its hook fires once, with the
+    gradient summed over all its uses. Returns the per-site records in firing (backward) order."""
+    assert step == 0, "the weights for a later step would need the training run up to it"
+    model = load_base(base_dir)
+    batches = step_batches(records)
+    for _ in range(step + 1):
+        micro = next(batches)
+    n_items = n_label_tokens(micro)
+    ids, labels, mask = micro[micro_batch]
+    fired = []
+
+    def tap(site, t):
+        assert t.requires_grad, site
+        t.register_hook(lambda g: fired.append(grad_stats(site, g)))
+        return t
+
+    li = micro_loss(model, ids, labels, mask, n_items, f16=f16, tap=tap)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_factor=GROWTH_FACTOR,
+                                  backoff_factor=BACKOFF_FACTOR, growth_interval=GROWTH_INTERVAL)
+    scaler.scale(li).backward()  # loss * scale, as in train()
+    names = site_names(model.config.num_hidden_layers)
+    order = [r["site"] for r in fired]
+    assert sorted(order) == sorted(names), ("every site's hook must fire exactly once", order)
+    return fired
+
+
+def anomaly_report(sites, step, scale, micro_batch):
+    first = None
+    peak = 0.0
+    for r in sites:
+        if r["nan"] or r["inf"]:
+            first = {"site": r["site"], "dtype": r["dtype"], "nan": r["nan"], "inf": r["inf"],
+                     "peak_before": peak}
+            break
+        peak = max(peak, r["max_abs_finite"])
+    return {
+        "step": step,
+        "scale": scale,
+        "micro_batch": micro_batch,
+        "order": [r["site"] for r in sites],
+        "first_nonfinite": first,
+        "sites": sites,
+    }
+
+
+def zeros_fraction(sites):
+    return {r["site"]: r["zeros"] / r["numel"] for r in sites}
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main():
@@ -327,6 +418,37 @@ def main():
         print(f"    step {r['step']:2d} scale {r['scale']:6.0f} (peak {q:.3f}) "
               f"{'SKIP' if r['skipped'] else 'ok  '} loss {r['loss']:9.5f} (f32 {a['loss']:9.5f}) "
               f"lr {r['lr']:.6g} norm {r['grad_norm'] if isinstance(r['grad_norm'], str) else round(r['grad_norm'], 4)}")
+
+    # --- backward anomaly: step 0 (scale INIT_SCALE, overflows), micro-batch 0 -------------------
+    anomaly = anomaly_report(grad_probe(base_dir, records, INIT_SCALE), 0, INIT_SCALE, 0)
+    assert f16[0]["scale"] == INIT_SCALE and f16[0]["skipped"]
+    first = anomaly["first_nonfinite"]
+    if first is None:
+        raise SystemExit("step 0, micro-batch 0 at the initial scale did not overflow")
+    unscaled = grad_probe(base_dir, records, 1.0)
+    f32_zeros = zeros_fraction(grad_probe(base_dir, records, 1.0, f16=False))
+    anomaly_unscaled = {
+        "step": 0,
+        "scale": 1.0,
+        "micro_batch": 0,
+        "zeros_fraction_by_site": zeros_fraction(unscaled),
+        "all_finite": not any(r["nan"] or r["inf"] for r in unscaled),
+        # the same backward with the f32 functional forward (no casts): the zeros that are not
+        # f16 underflow (ignored label rows, the last position, padded keys)
+        "f32_zeros_fraction_by_site": f32_zeros,
+        "sites": unscaled,
+    }
+    print(f"  backward anomaly, step 0 micro-batch 0, scale {INIT_SCALE:.0f}: first non-finite at "
+          f"{first['site']} ({first['dtype']}: {first['nan']} NaN, {first['inf']} inf; finite peak "
+          f"before it {first['peak_before']:.6g})")
+    for r in anomaly["sites"]:
+        print(f"    {r['site']:44s} {r['dtype']:8s} nan {r['nan']:6d} inf {r['inf']:6d} "
+              f"max {r['max_abs_finite'] if r['max_abs_finite'] is None else round(r['max_abs_finite'], 4)} "
+              f"zeros {r['zeros']}/{r['numel']}")
+    print(f"  scale 1: all finite {anomaly_unscaled['all_finite']}; zero fraction f16 (f32):")
+    for r in unscaled:
+        print(f"    {r['site']:44s} {r['dtype']:8s} {r['zeros'] / r['numel']:.4f} ({f32_zeros[r['site']]:.4f}) "
+              f"max {r['max_abs_finite']:.4g}")
     if args.dry_run:
         return
 
@@ -352,6 +474,8 @@ def main():
         "f32_losses": [r["loss"] for r in f32],
         "max_loss_spread_vs_f32": spread,
         "f16_grad_peak_ratio": [round(q, 4) for q in peaks],
+        "anomaly": anomaly,
+        "anomaly_unscaled": anomaly_unscaled,
     }
     path = train_dir / "f16_scaled_goldens.json"
     path.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")

@@ -27,7 +27,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
-         fixtures [--only NAME...]  rebuild tests/fixtures with HF transformers (scripts/make_fixtures.py,\n                             scripts/make_text_fixtures.py, make_train_fixtures.py, make_peft_interop_fixture.sh)\n  \
+         fixtures [--only NAME...]  rebuild tests/fixtures with HF transformers (scripts/make_fixtures.py,\n                             scripts/make_text_fixtures.py, make_train_fixtures.py, make_f16_train_fixtures.py,\n                             make_peft_interop_fixture.sh)\n  \
          bench --model DIR [--backend cpu,wgpu] [--precision auto,f32,bf16] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE] [--pytorch]\n  \
          bench-model --out DIR      Qwen2-0.5B-shaped random bf16 model for benchmarks (~1 GB)\n  \
          bench-train --model DIR [--lora] [--precision f32,bf16] [--seq-len 256] [--batch-size 1] [--steps 5] [--pytorch] [--json FILE]\n  \
@@ -88,6 +88,14 @@ fn main() -> ExitCode {
             );
             if train != ExitCode::SUCCESS {
                 return train;
+            }
+            let f16 = run_python(
+                "scripts/make_f16_train_fixtures.py",
+                &["--out", "tests/fixtures"],
+                "needs torch, transformers",
+            );
+            if f16 != ExitCode::SUCCESS {
+                return f16;
             }
             match Command::new("bash")
                 .current_dir(root())

@@ -389,6 +389,16 @@ pub struct FinetuneArgs {
     /// Stop (exit 3) when the loss scale falls below this.
     #[arg(long, default_value_t = 1.0)]
     pub min_loss_scale: f64,
+    /// Train nothing: run one forward + backward per training policy the device computes on
+    /// the first micro-batch and print, per layer, peak |activation| and |gradient| against
+    /// the f16 range, the share of gradients that underflow in f16, and which policies stay
+    /// finite.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Check the gradient at every module of the backward pass and stop (exit 3) at the first
+    /// inf/NaN, naming the module (like torch.autograd.detect_anomaly); costs nothing when off.
+    #[arg(long)]
+    pub detect_anomaly: bool,
     /// Optimizer steps to run [default: one epoch].
     #[arg(long, conflicts_with = "epochs")]
     pub steps: Option<usize>,

@@ -58,6 +58,7 @@ pub fn options(a: &FinetuneArgs, training: &ResolvedTraining) -> CliResult<Finet
         growth_interval: a.loss_scale_growth_interval,
     };
     o.max_skipped_steps = a.max_skipped_steps;
+    o.detect_anomaly = a.detect_anomaly;
     o.min_loss_scale = a.min_loss_scale;
     o.length = match (a.steps, a.epochs) {
         (Some(_), Some(_)) => return Err("give --steps or --epochs, not both".into()),
@@ -150,6 +151,9 @@ pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
         );
     }
     let opts = options(&a, &training)?;
+    if a.dry_run {
+        return dry_run::<P>(&opts, &hw, &device);
+    }
     let mut log = match &a.json_log {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -304,9 +308,76 @@ pub fn merge_cmd<P: Platform>(a: MergeArgs) -> CliResult {
     Ok(())
 }
 
-fn a_precision_name<B: burn::tensor::backend::AutodiffBackend>(
+fn a_precision_name<B: qwen2_train::anomaly::GradProbe>(
     _: &FinetuneArgs,
     trainer: &Trainer<B>,
 ) -> &'static str {
     trainer.options().precision.name()
+}
+
+/// `qwen2 finetune --dry-run`: the training analogue of `qwen2 diagnose`.
+fn dry_run<P: Platform>(
+    opts: &FinetuneOptions,
+    hw: &qwen2_burn::core::precision::Hardware,
+    device: &burn::tensor::Device<P::B>,
+) -> CliResult {
+    use qwen2_burn::core::precision::TrainPolicy;
+    let policies: Vec<TrainPolicy> = TrainPolicy::ALL
+        .iter()
+        .copied()
+        .filter(|p| P::policy_table().select_training(hw, Some(*p)).is_ok())
+        .collect();
+    let runs = qwen2_train::diagnose::diagnose_training::<Autodiff<P::B>>(opts, &policies, device)?;
+    println!("device: {hw}");
+    println!(
+        "one forward + backward of the first micro-batch of {} per training policy",
+        opts.data.display()
+    );
+    println!("\npolicy      loss scale        loss  forward / backward");
+    for r in &runs {
+        let status = match (&r.forward_nonfinite, &r.backward_nonfinite) {
+            (None, None) if r.loss.is_finite() => "finite".to_string(),
+            (Some(f), _) => format!("forward overflows at {f}"),
+            (None, Some(b)) => format!("backward overflows at {b}"),
+            (None, None) => "non-finite loss".to_string(),
+        };
+        println!(
+            "{:<11} {:>10} {:>11.4} {status}",
+            r.policy.name(),
+            r.scale,
+            r.loss
+        );
+    }
+    let f32_runs: Vec<_> = runs
+        .iter()
+        .filter(|r| r.policy == TrainPolicy::F32)
+        .collect();
+    for r in &f32_runs {
+        println!(
+            "gradient values (f32 run, loss scale {}) that would round to 0 in f16: {} of {} ({:.3}%)",
+            r.scale,
+            r.f16_underflow,
+            r.gradient_values,
+            100.0 * r.f16_underflow as f64 / r.gradient_values.max(1) as f64
+        );
+    }
+    if let Some(r) = f32_runs.first() {
+        println!("\nper-layer peak |activation| and |gradient| (f32, loss scale 1) against the f16 limit 65504:");
+        for (l, (a, g)) in r
+            .layer_activation_peaks
+            .iter()
+            .zip(&r.layer_gradient_peaks)
+            .enumerate()
+        {
+            let mark = |v: f32| if v >= 65504.0 { "  overflows f16" } else { "" };
+            println!(
+                "  layer {l:>3}: activation {a:>10.3e} ({:>6.1}%){}   gradient {g:>10.3e} ({:>6.1}%){}",
+                100.0 * a / 65504.0,
+                mark(*a),
+                100.0 * g / 65504.0,
+                mark(*g)
+            );
+        }
+    }
+    Ok(())
 }

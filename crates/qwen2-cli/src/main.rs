@@ -60,6 +60,7 @@ fn main() -> ExitCode {
                         TrainError::NonFinite { .. }
                             | TrainError::NonFiniteForward { .. }
                             | TrainError::Diverged { .. }
+                            | TrainError::Anomaly { .. }
                     )
                 });
             ExitCode::from(if nonfinite { EXIT_NONFINITE } else { 1 })

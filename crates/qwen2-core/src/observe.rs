@@ -90,6 +90,12 @@ pub trait Observer<B: Backend> {
 
     /// Called with the tensor (`[seq, width]`) produced at `site`.
     fn observe(&mut self, site: Site, tensor: &Tensor<B, 2>);
+
+    /// The tensor the graph continues with after `site` (`[rows, width]`): the same tensor by
+    /// default; a backward probe returns an identity op whose backward checks the gradient.
+    fn transform(&mut self, _site: Site, tensor: Tensor<B, 2>) -> Tensor<B, 2> {
+        tensor
+    }
 }
 
 /// Observes nothing.

@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::Tensor;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::FloatDType;
 use qwen2_core::model::{WeightKind, WeightMut};
 use qwen2_core::weights::Checkpoint as Safetensors;
 use serde_json::{json, Value};
 
+use crate::anomaly::GradProbe;
 use crate::error::{Result, TrainError};
 use crate::save::{write_atomic, SafetensorsWriter};
 use crate::trainer::Trainer;
@@ -23,7 +23,7 @@ const OPTIMIZER: &str = "optimizer.safetensors";
 const KEEP: usize = 2;
 
 /// What must be equal for a checkpoint to continue a run.
-fn fingerprint<B: AutodiffBackend>(t: &Trainer<B>) -> Value {
+fn fingerprint<B: GradProbe>(t: &Trainer<B>) -> Value {
     let o = t.options();
     let c = t.model().config();
     json!({
@@ -52,7 +52,7 @@ fn fingerprint<B: AutodiffBackend>(t: &Trainer<B>) -> Value {
 }
 
 /// Saves the run's state under `out/checkpoints/checkpoint-<step>`.
-pub fn save<B: AutodiffBackend>(t: &mut Trainer<B>) -> Result<PathBuf> {
+pub fn save<B: GradProbe>(t: &mut Trainer<B>) -> Result<PathBuf> {
     let root = t.options().out.join("checkpoints");
     let dir = root.join(format!("checkpoint-{:06}", t.steps_done()));
     let tmp = root.join(format!(
@@ -129,7 +129,7 @@ pub fn resolve(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Loads a checkpoint into `t`, after checking it belongs to the same run.
-pub fn restore<B: AutodiffBackend>(t: &mut Trainer<B>, dir: &Path) -> Result<()> {
+pub fn restore<B: GradProbe>(t: &mut Trainer<B>, dir: &Path) -> Result<()> {
     let bad = |message: String| TrainError::Checkpoint {
         path: dir.to_path_buf(),
         message,

@@ -59,7 +59,7 @@ pub enum TrainError {
         source: std::io::Error,
     },
     /// The loss or the gradients became NaN or infinite.
-    #[error("non-finite {what} at optimizer step {step}; try a lower --lr, a smaller --max-grad-norm, or --precision f32")]
+    #[error("non-finite {what} at optimizer step {step}; --detect-anomaly names the op where the backward pass went non-finite; try a lower --lr, --precision f16-scaled or f32")]
     NonFinite {
         /// `loss` or `gradient norm`.
         what: String,
@@ -78,6 +78,35 @@ pub enum TrainError {
         step: usize,
         /// Where the forward pass first went non-finite.
         report: Box<qwen2_core::error::NonFiniteReport>,
+    },
+    /// `--detect-anomaly`: the first site of the backward pass whose gradient held inf or NaN.
+    #[error(
+        "backward pass went non-finite at optimizer step {step}: the gradient reaching {site} held \
+         {nan} NaN and {inf} inf (in {dtype}); largest finite |grad| before it: {peak_before:.4e} at \
+         {peak_site}{}",
+        match scale {
+            Some(s) => format!("; loss scale {s}: a scale too large for f16 overflows here, and \
+                                without --detect-anomaly the step is skipped and the scale backs off"),
+            None => "; try --precision f16-scaled, bf16 or f32, or a lower --lr".to_string(),
+        }
+    )]
+    Anomaly {
+        /// 0-based optimizer step.
+        step: usize,
+        /// HF module path of the site.
+        site: String,
+        /// NaN values in the gradient there.
+        nan: usize,
+        /// Infinite values in the gradient there.
+        inf: usize,
+        /// dtype of the gradient.
+        dtype: String,
+        /// Largest finite |grad| at the sites before it in backward order.
+        peak_before: f32,
+        /// Where that was.
+        peak_site: String,
+        /// The loss scale, under `f16-scaled`.
+        scale: Option<f64>,
     },
     /// Loss scaling could not find a scale at which the gradients stay finite.
     #[error("training diverged at step {step}: {what} (loss scale {scale}, {skipped} steps skipped in a row). \

@@ -7,9 +7,11 @@
 //! weights are f32 tensors marked `require_grad`, frozen ones plain tensors, and the precision
 //! plan's casts (differentiable) give bf16 compute where asked.
 
+pub mod anomaly;
 pub mod batches;
 pub mod checkpoint;
 pub mod data;
+pub mod diagnose;
 pub mod error;
 pub mod lora;
 pub mod optim;

@@ -75,6 +75,9 @@ pub struct FinetuneOptions {
     pub max_skipped_steps: usize,
     /// Stop when the loss scale falls below this.
     pub min_loss_scale: f64,
+    /// Probe the gradient at every module site of the backward pass and stop at the first
+    /// non-finite one, naming it (even when loss scaling would have skipped the step).
+    pub detect_anomaly: bool,
 }
 
 impl FinetuneOptions {
@@ -110,6 +113,7 @@ impl FinetuneOptions {
             scaler: ScalerConfig::default(),
             max_skipped_steps: 20,
             min_loss_scale: 1.0,
+            detect_anomaly: false,
         }
     }
 }

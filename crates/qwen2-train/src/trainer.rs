@@ -13,11 +13,12 @@ use burn::tensor::{FloatDType, TensorData};
 use qwen2_core::adapter::Adapter;
 use qwen2_core::model::{context_length, Batch, Qwen2Model, WeightKind, WeightMut};
 use qwen2_core::monitor::locate_nonfinite;
-use qwen2_core::observe::NoObserver;
+use qwen2_core::observe::{NoObserver, Observer, Site};
 use qwen2_core::text::{ChatTemplate, GenerationConfig, TextTokenizer};
 use qwen2_core::Qwen2Config;
 use serde::Serialize;
 
+use crate::anomaly::{first_nonfinite, AnomalyProbes, GradProbe, GradStats, WatchBoth};
 use crate::batches::{BatchPlan, MicroBatch};
 use crate::data::{Dataset, TextPipeline};
 use crate::error::{Result, TrainError};
@@ -84,7 +85,7 @@ pub enum Event<'a> {
 }
 
 /// A fine-tuning run on backend `B` (an autodiff backend).
-pub struct Trainer<B: AutodiffBackend> {
+pub struct Trainer<B: GradProbe> {
     model: Qwen2Model<B>,
     opts: FinetuneOptions,
     train: Dataset,
@@ -97,6 +98,8 @@ pub struct Trainer<B: AutodiffBackend> {
     params: Params<B>,
     /// Counters and the loss scaler: the part of the state besides tensors.
     pub(crate) state: RunState,
+    /// `--detect-anomaly`: the first non-finite gradient site of the current step.
+    anomaly: Option<(GradStats, f32, Option<Site>)>,
 }
 
 /// What a run carries from step to step besides tensors (saved in checkpoints).
@@ -112,7 +115,7 @@ pub struct RunState {
     pub scaler: Option<LossScaler>,
 }
 
-impl<B: AutodiffBackend> Trainer<B> {
+impl<B: GradProbe> Trainer<B> {
     /// Checks everything that can be checked before training (options, output directory,
     /// data, adapter, checkpoint), loads the model on `device` and prepares the run.
     pub fn new(opts: FinetuneOptions, device: &B::Device) -> Result<Self> {
@@ -198,6 +201,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             total_steps,
             step: 0,
             params,
+            anomaly: None,
             state: RunState {
                 applied: 0,
                 skipped_total: 0,
@@ -282,6 +286,33 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok((loss, grads))
     }
 
+    /// Forward and backward of the current step's first micro-batch on `loss × scale` with a
+    /// probe at every site (and `forward` watching the activations): the loss and each site's
+    /// gradient statistics in backward order. Nothing is updated.
+    pub fn probe_gradients(
+        &mut self,
+        scale: f32,
+        forward: &mut dyn Observer<B>,
+    ) -> Result<(f64, Vec<GradStats>)> {
+        let micro: Vec<MicroBatch> = self
+            .batches
+            .step(self.step)
+            .iter()
+            .map(|records| MicroBatch::new(&self.train.examples, records))
+            .collect();
+        let label_tokens: usize = micro.iter().map(|m| m.targets.len()).sum();
+        let mut probes = AnomalyProbes::<B>::default();
+        let mut both = WatchBoth {
+            forward,
+            probes: &mut probes,
+        };
+        let sum = self.loss_sum(&micro[0], &mut both)?;
+        let loss = sum.div_scalar(label_tokens.max(1) as f64);
+        let value = loss.clone().inner().into_scalar().to_f64();
+        let _grads = (loss * scale as f64).backward();
+        Ok((value, probes.sink.take()))
+    }
+
     fn accumulate(
         &mut self,
         step: usize,
@@ -301,13 +332,21 @@ impl<B: AutodiffBackend> Trainer<B> {
                     lora::arm_dropout(&mut self.model, true, seed);
                 }
             }
-            let sum = self.loss_sum(mb)?;
+            let mut probes = AnomalyProbes::<B>::default();
+            let sum = if self.opts.detect_anomaly {
+                self.loss_sum(mb, &mut probes)?
+            } else {
+                self.loss_sum(mb, &mut NoObserver)?
+            };
             let scaled = sum.div_scalar(label_tokens as f64);
             loss += scaled.clone().inner().into_scalar().to_f64();
             let grads = match loss_scale {
                 Some(scale) => (scaled * scale as f64).backward(),
                 None => scaled.backward(),
             };
+            if self.opts.detect_anomaly && self.anomaly.is_none() {
+                self.anomaly = first_nonfinite(&probes.sink.take());
+            }
             let mut i = 0;
             self.model.visit_weights(&mut |_, kind, w| {
                 if (kind == WeightKind::Base) != self.opts.lora.is_none() {
@@ -334,11 +373,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Σ of the cross-entropy over a micro-batch's targets, f32, `[1]` (on the tape).
-    fn loss_sum(&self, mb: &MicroBatch) -> Result<Tensor<B, 1>> {
+    fn loss_sum(&self, mb: &MicroBatch, obs: &mut dyn Observer<B>) -> Result<Tensor<B, 1>> {
         let rows: Vec<&[u32]> = mb.rows.iter().map(Vec::as_slice).collect();
         let batch = Batch::new(&rows, 0)?;
         let device = self.model.device();
-        let hidden = self.model.forward_hidden(&batch, &mut NoObserver)?;
+        let hidden = self.model.forward_hidden(&batch, obs)?;
         let n = mb.targets.len();
         let positions: Vec<i64> = mb.targets.iter().map(|&(p, _)| p as i64).collect();
         let targets: Vec<i64> = mb.targets.iter().map(|&(_, t)| t as i64).collect();
@@ -346,7 +385,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
         let logits = self
             .model
-            .head(hidden.select(0, positions), &mut NoObserver)
+            .head(hidden.select(0, positions), obs)
             .cast(FloatDType::F32);
         let picked = log_softmax(logits, 1).gather(1, targets);
         Ok(picked.sum().neg())
@@ -365,6 +404,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .collect();
         let tokens = micro.iter().map(MicroBatch::tokens).sum();
         let scale = self.state.scaler.map(|s| s.scale);
+        self.anomaly = None;
         let (loss, mut grads, label_tokens) = self.accumulate(step, &micro, scale)?;
         if !loss.is_finite() {
             return Err(self.nonfinite_forward(step, &micro));
@@ -394,6 +434,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         if let Some(scaler) = &mut self.state.scaler {
             scaler.update(!finite);
+        }
+        if let (false, Some((bad, peak_before, peak_site))) = (finite, self.anomaly.take()) {
+            return Err(TrainError::Anomaly {
+                step,
+                site: bad.site.to_string(),
+                nan: bad.nan,
+                inf: bad.inf,
+                dtype: format!("{:?}", bad.dtype).to_lowercase(),
+                peak_before,
+                peak_site: peak_site.map_or("-".into(), |s| s.to_string()),
+                scale: scale.map(f64::from),
+            });
         }
         if !finite {
             if self.state.scaler.is_none() {
@@ -505,7 +557,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             if mb.targets.is_empty() {
                 continue;
             }
-            sum += self.loss_sum(&mb)?.inner().into_scalar().to_f64();
+            sum += self
+                .loss_sum(&mb, &mut NoObserver)?
+                .inner()
+                .into_scalar()
+                .to_f64();
             count += mb.targets.len();
         }
         Ok(Some(EvalRecord {

@@ -74,21 +74,20 @@ impl<B: Backend> DecoderLayer<B> {
         let h = self
             .input_layernorm
             .forward(x.clone(), plan.norm, plan.matmul);
-        observe(obs, Site::layer(i, Op::InputNorm), &h);
+        let h = observe(obs, Site::layer(i, Op::InputNorm), h);
         let attn = self.self_attn.forward(h, rows, start, i, cache, rope, plan);
-        observe(obs, Site::layer(i, Op::AttentionOutput), &attn);
+        let attn = observe(obs, Site::layer(i, Op::AttentionOutput), attn);
         let x = x + attn.cast(plan.residual);
-        observe(obs, Site::layer(i, Op::AttentionResidual), &x);
+        let x = observe(obs, Site::layer(i, Op::AttentionResidual), x);
 
         let h = self
             .post_attention_layernorm
             .forward(x.clone(), plan.norm, plan.matmul);
-        observe(obs, Site::layer(i, Op::PostAttentionNorm), &h);
+        let h = observe(obs, Site::layer(i, Op::PostAttentionNorm), h);
         let mlp = self
             .mlp
             .forward(h, plan.matmul, plan.residual_projection, i, obs);
         let x = x + mlp.cast(plan.residual);
-        observe(obs, Site::layer(i, Op::LayerOutput), &x);
-        x
+        observe(obs, Site::layer(i, Op::LayerOutput), x)
     }
 }

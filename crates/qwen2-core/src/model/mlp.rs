@@ -65,22 +65,27 @@ impl<B: Backend> Mlp<B> {
         obs: &mut dyn Observer<B>,
     ) -> Tensor<B, 2> {
         let gate = self.gate_proj.forward(x.clone(), compute);
-        observe(obs, Site::layer(layer, Op::MlpGate), &gate);
+        let gate = observe(obs, Site::layer(layer, Op::MlpGate), gate);
         let up = self.up_proj.forward(x, compute);
-        observe(obs, Site::layer(layer, Op::MlpUp), &up);
+        let up = observe(obs, Site::layer(layer, Op::MlpUp), up);
         let act = match &self.kernels {
             Some(k) if k.swiglu_supported(gate.dtype().into()) => k.swiglu(&gate, &up),
             _ => silu(gate) * up,
         };
         let down = self.down_proj.forward(act, output);
-        observe(obs, Site::layer(layer, Op::MlpDown), &down);
-        down
+        observe(obs, Site::layer(layer, Op::MlpDown), down)
     }
 }
 
-/// Hands `t` to the observer if it wants `site`.
-pub(crate) fn observe<B: Backend>(obs: &mut dyn Observer<B>, site: Site, t: &Tensor<B, 2>) {
+/// Hands `t` to the observer if it wants `site`, and returns what the observer makes of it
+/// (the tensor itself, or an identity op whose backward checks the gradient).
+pub(crate) fn observe<B: Backend>(
+    obs: &mut dyn Observer<B>,
+    site: Site,
+    t: Tensor<B, 2>,
+) -> Tensor<B, 2> {
     if obs.wants(site) {
-        obs.observe(site, t);
+        obs.observe(site, &t);
     }
+    obs.transform(site, t)
 }

@@ -284,7 +284,7 @@ impl<B: Backend> Qwen2Model<B> {
     pub fn head(&self, x: Tensor<B, 2>, obs: &mut dyn Observer<B>) -> Tensor<B, 2> {
         let plan = &self.plan;
         let h = self.norm.forward(x, plan.norm, plan.matmul);
-        observe(obs, Site::global(Op::FinalNorm), &h);
+        let h = observe(obs, Site::global(Op::FinalNorm), h);
         let logits = match &self.lm_head {
             Some(head) => head.forward(h, plan.matmul),
             None => {
@@ -298,8 +298,7 @@ impl<B: Backend> Qwen2Model<B> {
             }
         }
         .cast(plan.logits);
-        observe(obs, Site::global(Op::Logits), &logits);
-        logits
+        observe(obs, Site::global(Op::Logits), logits)
     }
 
     /// Embedding and every decoder layer: `[batch * seq, hidden]` in the residual dtype.
@@ -323,7 +322,7 @@ impl<B: Backend> Qwen2Model<B> {
             .clone()
             .select(0, idx)
             .cast(self.plan.residual);
-        observe(obs, Site::global(Op::Embedding), &x);
+        x = observe(obs, Site::global(Op::Embedding), x);
         for layer in &self.layers {
             x = layer.forward(
                 x,
