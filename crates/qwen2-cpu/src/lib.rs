@@ -17,16 +17,16 @@ pub use burn_flex::{Flex as Backend, FlexDevice as Device};
 /// The CPU platform.
 pub struct Cpu;
 
+/// Why `qwen2 finetune --precision auto` trains in f32 on the CPU (see `cargo xtask bench-train`).
+pub const CPU_TRAIN_REASON: &str =
+    "CPU: f32 training is exact against PyTorch, and bf16 compute is about 2x slower (burn's CPU \
+     backend converts bf16 operands on every autodiff op; measured on the 0.5B benchmark: LoRA \
+     41 vs 21 tokens/s, full 13 vs 8; cargo xtask bench-train)";
+
 /// The CPU rules. The CPU kernels run f32 and bf16 weights at about the same prefill speed
 /// (bf16 is widened in registers, f32 accumulation), and bf16 decodes ~1.5x faster from half
 /// the memory; f32 stays the default because it is exact against the reference while bf16
 /// moves logits by up to ~0.6 on the test fixtures. `--precision bf16` is the fast choice.
-/// Why `qwen2 finetune --precision auto` trains in f32 on the CPU (see `cargo xtask bench-train`).
-pub const CPU_TRAIN_REASON: &str =
-    "CPU: f32 training is exact against PyTorch; bf16 compute (f32 master \
-     weights) is not faster here because burn's CPU backend converts bf16 operands on every \
-     autodiff op (bench-train in the README)";
-
 pub static CPU_POLICY_TABLE: PolicyTable = PolicyTable {
     backend: "cpu",
     rules: &[Rule {
