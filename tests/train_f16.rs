@@ -273,3 +273,46 @@ fn gradient_probes_see_what_pytorch_hooks_see() {
         );
     }
 }
+
+/// `--on-nonfinite fallback`: naive f16 on the 1e5 fixture fails its first forward pass, the run
+/// goes on under f16-scaled from the same (untouched) state, and a checkpoint taken afterwards
+/// resumes under f16-scaled.
+#[test]
+fn fallback_continues_under_the_safer_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = massive_options("massive-1e5", TrainPrecision::F16, dir.path());
+    o.fallback = true;
+    o.length = qwen2_burn::train::Length::Steps(4);
+    let out = o.out.clone();
+    let mut t = Trainer::<T>::new(o.clone(), &Default::default()).unwrap();
+    let mut events = Vec::new();
+    t.run(
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut |e| match e {
+            qwen2_burn::train::Event::Fallback {
+                step,
+                from,
+                to,
+                reason,
+            } => {
+                assert!(reason.contains("model.layers.0.mlp.down_proj"), "{reason}");
+                events.push(format!("{step}: {from} -> {to}"));
+            }
+            qwen2_burn::train::Event::Step(r) => {
+                events.push(format!("{}: {}", r.step, r.precision))
+            }
+            _ => {}
+        },
+    )
+    .unwrap();
+    assert_eq!(events[0], "0: f16 -> f16-scaled");
+    assert!(
+        events[1..].iter().all(|e| e.ends_with("f16-scaled")),
+        "{events:?}"
+    );
+    assert_eq!(t.precision(), TrainPrecision::F16Scaled);
+    t.save_checkpoint().unwrap();
+    o.resume = Some(out);
+    let t = Trainer::<T>::new(o, &Default::default()).unwrap();
+    assert_eq!(t.precision(), TrainPrecision::F16Scaled);
+}

@@ -389,6 +389,11 @@ pub struct FinetuneArgs {
     /// Stop (exit 3) when the loss scale falls below this.
     #[arg(long, default_value_t = 1.0)]
     pub min_loss_scale: f64,
+    /// On a non-finite loss or a diverging loss scale: `error` (exit code 3) or `fallback`
+    /// to the next safer policy (f16 → f16-scaled → f32, bf16 → f32) from the last good state.
+    /// Default: fallback with --precision auto, error otherwise.
+    #[arg(long, value_enum)]
+    pub on_nonfinite: Option<OnNonFinite>,
     /// Train nothing: run one forward + backward per training policy the device computes on
     /// the first micro-batch and print, per layer, peak |activation| and |gradient| against
     /// the f16 range, the share of gradients that underflow in f16, and which policies stay

@@ -59,6 +59,11 @@ pub fn options(a: &FinetuneArgs, training: &ResolvedTraining) -> CliResult<Finet
     };
     o.max_skipped_steps = a.max_skipped_steps;
     o.detect_anomaly = a.detect_anomaly;
+    o.fallback = match a.on_nonfinite {
+        Some(crate::args::OnNonFinite::Fallback) => true,
+        Some(crate::args::OnNonFinite::Error) => false,
+        None => training.rule.is_some(),
+    };
     o.min_loss_scale = a.min_loss_scale;
     o.length = match (a.steps, a.epochs) {
         (Some(_), Some(_)) => return Err("give --steps or --epochs, not both".into()),
@@ -223,6 +228,16 @@ pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
                 eprintln!("checkpoint {}", dir.display());
                 return;
             }
+            Event::Fallback {
+                step,
+                from,
+                to,
+                reason,
+            } => {
+                progress.clear();
+                eprintln!("step {step} failed under {from}: {reason}\nfalling back to {to} from the last good state");
+                serde_json::json!({"fallback": {"step": step, "from": from.name(), "to": to.name(), "reason": reason}})
+            }
         };
         if let Err(e) = write_log(value) {
             log_error.get_or_insert(e);
@@ -312,7 +327,7 @@ fn a_precision_name<B: qwen2_train::anomaly::GradProbe>(
     _: &FinetuneArgs,
     trainer: &Trainer<B>,
 ) -> &'static str {
-    trainer.options().precision.name()
+    trainer.precision().name()
 }
 
 /// `qwen2 finetune --dry-run`: the training analogue of `qwen2 diagnose`.

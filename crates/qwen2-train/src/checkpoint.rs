@@ -208,6 +208,10 @@ pub fn restore<B: GradProbe>(t: &mut Trainer<B>, dir: &Path) -> Result<()> {
         return Err(bad(format!("cannot be loaded into this run: {e}")));
     }
     *done = step;
+    let precision = run_state.precision;
+    if precision != t.state.precision {
+        t.apply_precision(precision); // the run had fallen back to a safer policy
+    }
     t.state = run_state;
     tracing::info!(checkpoint = %found.display(), step, "resumed");
     Ok(())

@@ -78,6 +78,9 @@ pub struct FinetuneOptions {
     /// Probe the gradient at every module site of the backward pass and stop at the first
     /// non-finite one, naming it (even when loss scaling would have skipped the step).
     pub detect_anomaly: bool,
+    /// On a non-finite loss or a diverging scale, continue from the current (last good) state
+    /// under the next safer policy (f16 → f16-scaled → f32, bf16 → f32) instead of stopping.
+    pub fallback: bool,
 }
 
 impl FinetuneOptions {
@@ -114,6 +117,7 @@ impl FinetuneOptions {
             max_skipped_steps: 20,
             min_loss_scale: 1.0,
             detect_anomaly: false,
+            fallback: false,
         }
     }
 }

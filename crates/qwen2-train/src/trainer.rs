@@ -23,7 +23,7 @@ use crate::batches::{BatchPlan, MicroBatch};
 use crate::data::{Dataset, TextPipeline};
 use crate::error::{Result, TrainError};
 use crate::optim::{clip_factor, finite_and_norm, Moments};
-use crate::options::{FinetuneOptions, Length};
+use crate::options::{FinetuneOptions, Length, TrainPrecision};
 use crate::scaler::LossScaler;
 use crate::{checkpoint, lora, save};
 
@@ -61,6 +61,8 @@ pub struct StepRecord {
     pub skipped_steps: usize,
     /// Passes over the data completed (fractional).
     pub epoch: f64,
+    /// The training policy this step ran under.
+    pub precision: &'static str,
 }
 
 /// An evaluation (a line of `--json-log` with `eval_loss`).
@@ -82,6 +84,17 @@ pub enum Event<'a> {
     Eval(&'a EvalRecord),
     /// A checkpoint was written.
     Checkpoint(&'a Path),
+    /// The run went on under a safer policy (`--on-nonfinite fallback`).
+    Fallback {
+        /// 0-based step that failed.
+        step: usize,
+        /// The policy that failed.
+        from: TrainPrecision,
+        /// The policy the run continues with.
+        to: TrainPrecision,
+        /// What went wrong.
+        reason: &'a str,
+    },
 }
 
 /// A fine-tuning run on backend `B` (an autodiff backend).
@@ -113,6 +126,8 @@ pub struct RunState {
     pub skipped_in_a_row: usize,
     /// The loss scaler under `f16-scaled`.
     pub scaler: Option<LossScaler>,
+    /// The policy the run computes in now (the requested one, or a safer one after a fallback).
+    pub precision: TrainPrecision,
 }
 
 impl<B: GradProbe> Trainer<B> {
@@ -176,22 +191,34 @@ impl<B: GradProbe> Trainer<B> {
         }
         let full = opts.lora.is_none();
         let mut params = Vec::new();
+        let mut half_master = None;
         model.visit_weights(&mut |name, kind, w| {
             if (kind == WeightKind::Base) != full {
                 return;
             }
-            let numel = match w {
+            let (numel, dtype) = match w {
                 WeightMut::Vector(t) => {
                     *t = t.clone().require_grad();
-                    t.shape().num_elements()
+                    (t.shape().num_elements(), t.dtype())
                 }
                 WeightMut::Matrix(t) => {
                     *t = t.clone().require_grad();
-                    t.shape().num_elements()
+                    (t.shape().num_elements(), t.dtype())
                 }
             };
+            if dtype != burn::tensor::DType::F32 {
+                half_master.get_or_insert(format!("{name} is {dtype:?}"));
+            }
             params.push((name.to_string(), Moments::zeros(numel, device)));
         });
+        if let Some(what) = half_master {
+            // As PyTorch refuses to unscale f16 gradients: trained weights must be f32 masters.
+            return Err(TrainError::option(
+                "--precision",
+                format!("trained weights must be f32 master weights, but {what}"),
+            ));
+        }
+        let trainer_precision = opts.precision;
         let mut trainer = Trainer {
             model,
             opts,
@@ -207,6 +234,7 @@ impl<B: GradProbe> Trainer<B> {
                 skipped_total: 0,
                 skipped_in_a_row: 0,
                 scaler: None,
+                precision: trainer_precision,
             },
         };
         if trainer.opts.precision.scaled() {
@@ -238,6 +266,11 @@ impl<B: GradProbe> Trainer<B> {
     /// The training data.
     pub fn dataset(&self) -> &Dataset {
         &self.train
+    }
+
+    /// The policy the run computes in now (the requested one, or a safer one after a fallback).
+    pub fn precision(&self) -> TrainPrecision {
+        self.state.precision
     }
 
     /// Optimizer steps completed.
@@ -431,6 +464,7 @@ impl<B: GradProbe> Trainer<B> {
             skipped,
             skipped_steps: state.skipped_total,
             epoch: self.batches.epoch_after(step + 1),
+            precision: state.precision.name(),
         };
         if let Some(scaler) = &mut self.state.scaler {
             scaler.update(!finite);
@@ -582,7 +616,25 @@ impl<B: GradProbe> Trainer<B> {
                     checkpoint: dir,
                 });
             }
-            let record = self.step()?;
+            let record = match self.step() {
+                Ok(r) => r,
+                Err(e) if self.opts.fallback && is_numeric_failure(&e) => {
+                    let from = self.state.precision;
+                    let Some(to) = self.fall_back() else {
+                        return Err(e);
+                    };
+                    let reason = e.to_string();
+                    tracing::warn!(%from, %to, step = self.step, %reason, "falling back to a safer training policy");
+                    on(Event::Fallback {
+                        step: self.step,
+                        from,
+                        to,
+                        reason: &reason,
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             on(Event::Step(&record));
             let (every, done) = (self.opts.eval_every, self.step);
             if every > 0 && done % every == 0 && done < self.total_steps {
@@ -602,6 +654,24 @@ impl<B: GradProbe> Trainer<B> {
             on(Event::Eval(&e));
         }
         self.save_result()
+    }
+
+    /// Switches to the next safer policy from the current (last good) state: the weights and
+    /// optimizer state are untouched (a failed step updates nothing), the graph computes in
+    /// the new policy's dtypes, and the loss scaler is (re)started or dropped. `None` when the
+    /// run is already at the safest policy.
+    pub fn fall_back(&mut self) -> Option<TrainPrecision> {
+        let next = self.state.precision.safer()?;
+        self.apply_precision(next);
+        Some(next)
+    }
+
+    pub(crate) fn apply_precision(&mut self, p: TrainPrecision) {
+        self.state.precision = p;
+        self.state.skipped_in_a_row = 0;
+        self.state.scaler = p.scaled().then(|| LossScaler::new(self.opts.scaler));
+        self.model
+            .set_compute_plan(p.plan(self.opts.lora.is_none()));
     }
 
     /// Writes the state of the run to `out/checkpoints/checkpoint-<step>` (atomically).
@@ -629,6 +699,17 @@ impl<B: GradProbe> Trainer<B> {
     pub fn into_model(self) -> Qwen2Model<B> {
         self.model
     }
+}
+
+/// Failures a safer policy can cure.
+fn is_numeric_failure(e: &TrainError) -> bool {
+    matches!(
+        e,
+        TrainError::NonFinite { .. }
+            | TrainError::NonFiniteForward { .. }
+            | TrainError::Diverged { .. }
+            | TrainError::Anomaly { .. }
+    )
 }
 
 /// The dtype of the base checkpoint (its config's `torch_dtype`), f32 when unknown.

@@ -206,6 +206,15 @@ impl<B: Backend> Qwen2Model<B> {
         &self.plan
     }
 
+    /// Switches the dtypes the graph computes in (every role but `weights`, which stays the
+    /// dtype the weights are stored in): a training run falling back to a safer policy.
+    pub fn set_compute_plan(&mut self, plan: PrecisionPlan) {
+        self.plan = PrecisionPlan {
+            weights: self.plan.weights,
+            ..plan
+        };
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &B::Device {
         &self.device
