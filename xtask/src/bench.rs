@@ -87,24 +87,11 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let features: Vec<String> = o
-        .backends
-        .iter()
-        .filter(|b| *b != "cpu")
-        .map(|b| format!("qwen2-cli/{b}"))
-        .collect();
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .current_dir(root)
-        .args(["build", "--release", "--quiet", "-p", "qwen2-cli"]);
-    if !features.is_empty() {
-        build.args(["--features", &features.join(",")]);
-    }
     eprintln!(
         "xtask bench: building the release CLI ({})",
         o.backends.join(", ")
     );
-    if !build.status().is_ok_and(|s| s.success()) {
+    if !build_release_cli(root, &o.backends) {
         eprintln!("xtask bench: the release build failed");
         return ExitCode::FAILURE;
     }
@@ -249,4 +236,21 @@ fn pytorch_reports(root: &Path, o: &Options) -> Vec<serde_json::Value> {
             Vec::new()
         }
     }
+}
+
+/// `cargo build --release -p qwen2-cli` with the features of `backends` (the CPU is built in).
+pub fn build_release_cli(root: &Path, backends: &[String]) -> bool {
+    let features: Vec<String> = backends
+        .iter()
+        .filter(|b| *b != "cpu")
+        .map(|b| format!("qwen2-cli/{b}"))
+        .collect();
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .current_dir(root)
+        .args(["build", "--release", "--quiet", "-p", "qwen2-cli"]);
+    if !features.is_empty() {
+        build.args(["--features", &features.join(",")]);
+    }
+    build.status().is_ok_and(|s| s.success())
 }

@@ -216,21 +216,8 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
         eprintln!("xtask bench-train: cannot write {}: {e}", data.display());
         return ExitCode::FAILURE;
     }
-    let features: Vec<String> = o
-        .backends
-        .iter()
-        .filter(|b| *b != "cpu")
-        .map(|b| format!("qwen2-cli/{b}"))
-        .collect();
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .current_dir(root)
-        .args(["build", "--release", "--quiet", "-p", "qwen2-cli"]);
-    if !features.is_empty() {
-        build.args(["--features", &features.join(",")]);
-    }
     eprintln!("xtask bench-train: building the release CLI");
-    if !build.status().is_ok_and(|s| s.success()) {
+    if !super::bench::build_release_cli(root, &o.backends) {
         eprintln!("xtask bench-train: the release build failed");
         return ExitCode::FAILURE;
     }

@@ -22,16 +22,8 @@ pub const LORA_TARGETS: [&str; 8] = [
     "lm_head",
 ];
 
-/// The default targets: every projection of the decoder layers.
-pub const DEFAULT_TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+/// The default targets: every projection of the decoder layers (all but `lm_head`).
+pub const DEFAULT_TARGETS: &[&str] = LORA_TARGETS.split_at(7).0;
 
 /// LoRA hyper-parameters (PEFT's names and defaults of this project's CLI).
 #[derive(Debug, Clone, PartialEq)]

@@ -304,17 +304,21 @@ impl<B: GradProbe> Trainer<B> {
                 .factor(step, self.opts.warmup_steps, self.total_steps)
     }
 
+    /// The micro-batches of optimizer step `step`.
+    fn micro_batches(&self, step: usize) -> Vec<MicroBatch> {
+        self.batches
+            .step(step)
+            .iter()
+            .map(|records| MicroBatch::new(&self.train.examples, records))
+            .collect()
+    }
+
     /// Forward and backward of one step without updating anything: the loss and the
     /// accumulated gradient of every trained tensor (flattened, f32), in [`Trainer::trained`]
     /// order (`None` where a tensor got no gradient).
     pub fn gradients(&mut self) -> Result<(f64, Grads<B>)> {
         let step = self.step;
-        let micro: Vec<MicroBatch> = self
-            .batches
-            .step(step)
-            .iter()
-            .map(|records| MicroBatch::new(&self.train.examples, records))
-            .collect();
+        let micro = self.micro_batches(step);
         let (loss, grads, _) = self.accumulate(step, &micro, None)?;
         Ok((loss, grads))
     }
@@ -327,12 +331,7 @@ impl<B: GradProbe> Trainer<B> {
         scale: f32,
         forward: &mut dyn Observer<B>,
     ) -> Result<(f64, Vec<GradStats>)> {
-        let micro: Vec<MicroBatch> = self
-            .batches
-            .step(self.step)
-            .iter()
-            .map(|records| MicroBatch::new(&self.train.examples, records))
-            .collect();
+        let micro = self.micro_batches(self.step);
         let label_tokens: usize = micro.iter().map(|m| m.targets.len()).sum();
         let mut probes = AnomalyProbes::<B>::default();
         let mut both = WatchBoth {
@@ -429,12 +428,7 @@ impl<B: GradProbe> Trainer<B> {
     pub fn step(&mut self) -> Result<StepRecord> {
         let start = Instant::now();
         let step = self.step;
-        let micro: Vec<MicroBatch> = self
-            .batches
-            .step(step)
-            .iter()
-            .map(|records| MicroBatch::new(&self.train.examples, records))
-            .collect();
+        let micro = self.micro_batches(step);
         let tokens = micro.iter().map(MicroBatch::tokens).sum();
         let scale = self.state.scaler.map(|s| s.scale);
         self.anomaly = None;
