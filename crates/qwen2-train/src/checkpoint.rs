@@ -166,7 +166,7 @@ pub fn restore<B: GradProbe>(t: &mut Trainer<B>, dir: &Path) -> Result<()> {
     let step = state["step"]
         .as_u64()
         .ok_or_else(|| bad(format!("{STATE} has no step")))? as usize;
-    let run_state: crate::trainer::RunState = serde_json::from_value(state["state"].clone())
+    let run_state: crate::records::RunState = serde_json::from_value(state["state"].clone())
         .map_err(|e| bad(format!("{STATE} has no valid run state: {e}")))?;
     let weights = Safetensors::open_file(found.join(PARAMS))?;
     let opt = Safetensors::open_file(found.join(OPTIMIZER))?;

@@ -2,7 +2,6 @@
 //! accumulation, global-norm clipping, AdamW and the LR schedule, with HF Trainer's semantics.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::prelude::{Int, Tensor};
@@ -16,7 +15,6 @@ use qwen2_core::monitor::locate_nonfinite;
 use qwen2_core::observe::{NoObserver, Observer, Site};
 use qwen2_core::text::{ChatTemplate, GenerationConfig, TextTokenizer};
 use qwen2_core::Qwen2Config;
-use serde::Serialize;
 
 use crate::anomaly::{first_nonfinite, AnomalyProbes, GradProbe, GradStats, WatchBoth};
 use crate::batches::{BatchPlan, MicroBatch};
@@ -24,8 +22,10 @@ use crate::data::{Dataset, TextPipeline};
 use crate::error::{Result, TrainError};
 use crate::optim::{clip_factor, finite_and_norm, Moments};
 use crate::options::{FinetuneOptions, Length, TrainPrecision};
+use crate::records::{RunState, StepRecord};
+use crate::run::{check_options, check_writable};
 use crate::scaler::LossScaler;
-use crate::{checkpoint, lora, save};
+use crate::{checkpoint, lora};
 
 /// One flattened f32 gradient per trained tensor (`None` where a tensor got none).
 pub type Grads<B> = Vec<Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>>;
@@ -33,101 +33,22 @@ pub type Grads<B> = Vec<Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>>
 /// Trained tensors by name with their AdamW state.
 pub(crate) type Params<B> = Vec<(String, Moments<<B as AutodiffBackend>::InnerBackend>)>;
 
-/// What one optimizer step did (one line of `--json-log`).
-#[derive(Debug, Clone, Serialize)]
-pub struct StepRecord {
-    /// Optimizer steps completed, counting this one (1-based).
-    pub step: usize,
-    /// Mean cross-entropy over the step's label tokens, before the update.
-    pub loss: f64,
-    /// Learning rate of this step.
-    pub lr: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Whether the gradients were scaled down to `--max-grad-norm`.
-    pub clipped: bool,
-    /// Tokens processed (padding excluded).
-    pub tokens: usize,
-    /// Tokens that carried loss.
-    pub label_tokens: usize,
-    /// Wall time of the step.
-    pub seconds: f64,
-    /// The loss scale this step's backward ran with (`f16-scaled` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub loss_scale: Option<f64>,
-    /// Whether the update was skipped because the scaled gradients overflowed.
-    pub skipped: bool,
-    /// Skipped steps so far.
-    pub skipped_steps: usize,
-    /// Passes over the data completed (fractional).
-    pub epoch: f64,
-    /// The training policy this step ran under.
-    pub precision: &'static str,
-}
-
-/// An evaluation (a line of `--json-log` with `eval_loss`).
-#[derive(Debug, Clone, Serialize)]
-pub struct EvalRecord {
-    /// Optimizer steps completed.
-    pub step: usize,
-    /// Mean cross-entropy over the evaluation data's label tokens.
-    pub eval_loss: f64,
-    /// Label tokens evaluated.
-    pub eval_tokens: usize,
-}
-
-/// What the loop reports as it goes.
-pub enum Event<'a> {
-    /// A step finished.
-    Step(&'a StepRecord),
-    /// An evaluation finished.
-    Eval(&'a EvalRecord),
-    /// A checkpoint was written.
-    Checkpoint(&'a Path),
-    /// The run went on under a safer policy (`--on-nonfinite fallback`).
-    Fallback {
-        /// 0-based step that failed.
-        step: usize,
-        /// The policy that failed.
-        from: TrainPrecision,
-        /// The policy the run continues with.
-        to: TrainPrecision,
-        /// What went wrong.
-        reason: &'a str,
-    },
-}
-
 /// A fine-tuning run on backend `B` (an autodiff backend).
 pub struct Trainer<B: GradProbe> {
-    model: Qwen2Model<B>,
-    opts: FinetuneOptions,
-    train: Dataset,
-    eval: Option<Dataset>,
-    batches: BatchPlan,
-    total_steps: usize,
+    pub(crate) model: Qwen2Model<B>,
+    pub(crate) opts: FinetuneOptions,
+    pub(crate) train: Dataset,
+    pub(crate) eval: Option<Dataset>,
+    pub(crate) batches: BatchPlan,
+    pub(crate) total_steps: usize,
     /// Optimizer steps attempted (the data position).
-    step: usize,
+    pub(crate) step: usize,
     /// Trained weights by name, in visiting order, with their AdamW state.
-    params: Params<B>,
+    pub(crate) params: Params<B>,
     /// Counters and the loss scaler: the part of the state besides tensors.
     pub(crate) state: RunState,
     /// `--detect-anomaly`: the first non-finite gradient site of the current step.
-    anomaly: Option<(GradStats, f32, Option<Site>)>,
-}
-
-/// What a run carries from step to step besides tensors (saved in checkpoints).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RunState {
-    /// Steps whose update was applied (the schedule's and AdamW's step count).
-    pub applied: usize,
-    /// Steps skipped because the gradients overflowed, in all.
-    pub skipped_total: usize,
-    /// Steps skipped in a row up to now.
-    pub skipped_in_a_row: usize,
-    /// The loss scaler under `f16-scaled`.
-    pub scaler: Option<LossScaler>,
-    /// The policy the run computes in now (the requested one, or a safer one after a fallback).
-    pub precision: TrainPrecision,
+    pub(crate) anomaly: Option<(GradStats, f32, Option<Site>)>,
 }
 
 impl<B: GradProbe> Trainer<B> {
@@ -405,7 +326,11 @@ impl<B: GradProbe> Trainer<B> {
     }
 
     /// Σ of the cross-entropy over a micro-batch's targets, f32, `[1]` (on the tape).
-    fn loss_sum(&self, mb: &MicroBatch, obs: &mut dyn Observer<B>) -> Result<Tensor<B, 1>> {
+    pub(crate) fn loss_sum(
+        &self,
+        mb: &MicroBatch,
+        obs: &mut dyn Observer<B>,
+    ) -> Result<Tensor<B, 1>> {
         let rows: Vec<&[u32]> = mb.rows.iter().map(Vec::as_slice).collect();
         let batch = Batch::new(&rows, 0)?;
         let device = self.model.device();
@@ -572,203 +497,4 @@ impl<B: GradProbe> Trainer<B> {
             step,
         }
     }
-
-    /// Mean loss over the evaluation data (`None` without `--eval`).
-    pub fn evaluate(&self) -> Result<Option<EvalRecord>> {
-        let Some(eval) = &self.eval else {
-            return Ok(None);
-        };
-        let (mut sum, mut count) = (0.0, 0);
-        let records: Vec<usize> = (0..eval.examples.len()).collect();
-        for chunk in records.chunks(self.opts.batch_size) {
-            let mb = MicroBatch::new(&eval.examples, chunk);
-            if mb.targets.is_empty() {
-                continue;
-            }
-            sum += self
-                .loss_sum(&mb, &mut NoObserver)?
-                .inner()
-                .into_scalar()
-                .to_f64();
-            count += mb.targets.len();
-        }
-        Ok(Some(EvalRecord {
-            step: self.step,
-            eval_loss: sum / count.max(1) as f64,
-            eval_tokens: count,
-        }))
-    }
-
-    /// Trains to the end (or until `stop` is set: then a checkpoint is saved and
-    /// [`TrainError::Interrupted`] returned), reporting each event, and saves the result.
-    pub fn run(&mut self, stop: &AtomicBool, on: &mut dyn FnMut(Event<'_>)) -> Result<()> {
-        while self.step < self.total_steps {
-            if stop.load(Ordering::SeqCst) {
-                let dir = self.save_checkpoint()?;
-                return Err(TrainError::Interrupted {
-                    step: self.step,
-                    checkpoint: dir,
-                });
-            }
-            let record = match self.step() {
-                Ok(r) => r,
-                Err(e) if self.opts.fallback && is_numeric_failure(&e) => {
-                    let from = self.state.precision;
-                    let Some(to) = self.fall_back() else {
-                        return Err(e);
-                    };
-                    let reason = e.to_string();
-                    tracing::warn!(%from, %to, step = self.step, %reason, "falling back to a safer training policy");
-                    on(Event::Fallback {
-                        step: self.step,
-                        from,
-                        to,
-                        reason: &reason,
-                    });
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            on(Event::Step(&record));
-            let (every, done) = (self.opts.eval_every, self.step);
-            if every > 0 && done % every == 0 && done < self.total_steps {
-                if let Some(e) = self.evaluate()? {
-                    on(Event::Eval(&e));
-                }
-            }
-            if self.opts.save_every > 0
-                && done % self.opts.save_every == 0
-                && done < self.total_steps
-            {
-                let dir = self.save_checkpoint()?;
-                on(Event::Checkpoint(&dir));
-            }
-        }
-        if let Some(e) = self.evaluate()? {
-            on(Event::Eval(&e));
-        }
-        self.save_result()
-    }
-
-    /// Switches to the next safer policy from the current (last good) state: the weights and
-    /// optimizer state are untouched (a failed step updates nothing), the graph computes in
-    /// the new policy's dtypes, and the loss scaler is (re)started or dropped. `None` when the
-    /// run is already at the safest policy.
-    pub fn fall_back(&mut self) -> Option<TrainPrecision> {
-        let next = self.state.precision.safer()?;
-        self.apply_precision(next);
-        Some(next)
-    }
-
-    pub(crate) fn apply_precision(&mut self, p: TrainPrecision) {
-        self.state.precision = p;
-        self.state.skipped_in_a_row = 0;
-        self.state.scaler = p.scaled().then(|| LossScaler::new(self.opts.scaler));
-        self.model
-            .set_compute_plan(p.plan(self.opts.lora.is_none()));
-    }
-
-    /// Writes the state of the run to `out/checkpoints/checkpoint-<step>` (atomically).
-    pub fn save_checkpoint(&mut self) -> Result<std::path::PathBuf> {
-        checkpoint::save(self)
-    }
-
-    /// Writes the trained adapter (PEFT format) or model (HF directory) to `out`.
-    pub fn save_result(&mut self) -> Result<()> {
-        let out = self.opts.out.clone();
-        let base = self.opts.model.display().to_string();
-        match self.opts.lora.clone() {
-            Some(l) => lora::save_adapter(&mut self.model, &l, &base, &out),
-            None => {
-                let dtype = self
-                    .opts
-                    .save_dtype
-                    .unwrap_or(source_dtype(&self.opts.model));
-                save::save_model_dir(&mut self.model, &self.opts.model, &out, dtype)
-            }
-        }
-    }
-
-    /// The model, for generation after training (LoRA adapters attached).
-    pub fn into_model(self) -> Qwen2Model<B> {
-        self.model
-    }
-}
-
-/// Failures a safer policy can cure.
-fn is_numeric_failure(e: &TrainError) -> bool {
-    matches!(
-        e,
-        TrainError::NonFinite { .. }
-            | TrainError::NonFiniteForward { .. }
-            | TrainError::Diverged { .. }
-            | TrainError::Anomaly { .. }
-    )
-}
-
-/// The dtype of the base checkpoint (its config's `torch_dtype`), f32 when unknown.
-fn source_dtype(model: &Path) -> FloatDType {
-    let dtype = Qwen2Config::from_file(model.join("config.json"))
-        .ok()
-        .and_then(|c| c.torch_dtype);
-    match dtype.as_deref() {
-        Some("bfloat16") => FloatDType::BF16,
-        Some("float16") => FloatDType::F16,
-        _ => FloatDType::F32,
-    }
-}
-
-fn check_options(o: &FinetuneOptions) -> Result<()> {
-    let positive = |name: &str, v: usize| {
-        (v > 0)
-            .then_some(())
-            .ok_or_else(|| TrainError::option(name, "must be at least 1"))
-    };
-    positive("--batch-size", o.batch_size)?;
-    positive("--grad-accum", o.grad_accum)?;
-    match o.length {
-        Length::Steps(n) => positive("--steps", n)?,
-        Length::Epochs(n) => positive("--epochs", n)?,
-    }
-    if !(o.lr.is_finite() && o.lr > 0.0) {
-        return Err(TrainError::option("--lr", "must be a positive number"));
-    }
-    if !(o.adamw.weight_decay.is_finite() && o.adamw.weight_decay >= 0.0) {
-        return Err(TrainError::option("--weight-decay", "must be 0 or more"));
-    }
-    if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
-        return Err(TrainError::option(
-            "--max-grad-norm",
-            "must be 0 (off) or more",
-        ));
-    }
-    if o.max_seq_len == Some(0) {
-        return Err(TrainError::option("--max-seq-len", "must be at least 1"));
-    }
-    if let Some(l) = &o.lora {
-        l.validate()?;
-    } else if o.init_adapter.is_some() {
-        return Err(TrainError::option("--adapter", "needs --lora"));
-    }
-    if !o.model.is_dir() {
-        return Err(TrainError::option(
-            "--model",
-            format!("{} is not a model directory", o.model.display()),
-        ));
-    }
-    Ok(())
-}
-
-/// Creates `out` if needed and proves it writable before any work is done.
-fn check_writable(out: &Path) -> Result<()> {
-    if out.is_file() {
-        return Err(TrainError::option(
-            "--out",
-            format!("{} is a file, not a directory", out.display()),
-        ));
-    }
-    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    let probe = save::tmp_name(&out.join("write-probe"));
-    std::fs::write(&probe, b"").map_err(|e| TrainError::io(out, e))?;
-    std::fs::remove_file(&probe).map_err(|e| TrainError::io(&probe, e))
 }
