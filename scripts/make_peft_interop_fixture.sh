@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The PEFT interoperability fixture: a LoRA adapter trained by `qwen2 finetune` on the bundled
 # chat task, and the logits HF peft computes with it (scripts/check_peft_adapter.py), which
-# tests/train_interop.rs compares with ours. Run by `cargo xtask fixtures`; needs torch,
+# crates/qwen2-cli/tests/cli_train.rs compares with ours. Run by `cargo xtask fixtures`; needs torch,
 # transformers, peft.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,7 +6,7 @@
 //! |Δ| over the tensor ÷ max |g| of PyTorch's); each of 20 steps' loss within 1e-4 relative
 //! (f32); our bf16 curve within 1.5 × PyTorch's own max |bf16 − f32| loss spread of our f32 curve.
 
-mod common;
+use crate::common;
 
 use common::{train_dir, train_goldens as goldens, train_options as options};
 use qwen2_burn::core::burn::tensor::FloatDType;

@@ -9,7 +9,7 @@
 //! loss by ~2.5e-4 relative from f32), and the gradient norm of applied steps within 2e-3
 //! (measured: 2.4e-4 and 3.7e-4).
 
-mod common;
+use crate::common;
 
 use common::{train_dir, train_options};
 use qwen2_burn::train::{Autodiff, ScalerConfig, TrainPrecision, Trainer};

@@ -2,7 +2,7 @@
 //! LoRA leaves the base untouched, chat records are labelled on assistant turns only, a LoRA
 //! run learns a small chat task, and bad input fails early with an error naming the cause.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
