@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
     };
     let out = generate(&model, &ids, &opts, |id| print!("{id} "))?;
-    println!("\n{:.1} decode tokens/s", out.decode_tokens_per_s());
+    if let Some(rate) = out.decode_tokens_per_s() {
+        println!("\n{rate:.1} decode tokens/s");
+    }
     Ok(())
 }

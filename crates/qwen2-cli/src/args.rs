@@ -140,7 +140,7 @@ pub struct SamplingArgs {
 
     /// Stop at these token ids (comma-separated) [default: generation_config.json's
     /// eos_token_id, else config.json's].
-    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    #[arg(long, value_delimiter = ',', value_name = "IDS", value_parser = parse_id)]
     pub eos: Option<Vec<u32>>,
 
     /// Stop when the text contains this string (repeatable; needs a tokenizer).
@@ -155,7 +155,7 @@ pub struct LogitsArgs {
     pub model: ModelArgs,
 
     /// Prompt token ids, comma-separated (e.g. 9707,11,1879).
-    #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
+    #[arg(long, value_name = "IDS", value_delimiter = ',', value_parser = parse_id, required = true, num_args = 1..)]
     pub ids: Vec<u32>,
 
     /// Output file: float32 little-endian .npy, shape [vocab] (last position) or
@@ -175,7 +175,7 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
 
     /// Prompt token ids, comma-separated (e.g. 9707,11,1879); output is ids.
-    #[arg(long, value_name = "IDS", value_delimiter = ',', num_args = 1.., required_unless_present = "prompt", conflicts_with = "prompt")]
+    #[arg(long, value_name = "IDS", value_delimiter = ',', value_parser = parse_id, num_args = 1.., required_unless_present = "prompt", conflicts_with = "prompt")]
     pub ids: Vec<u32>,
 
     /// Prompt text, tokenized with the model's tokenizer.json as is (no chat template; see
@@ -263,7 +263,7 @@ pub struct DetokenizeArgs {
     pub source: TokenizerSource,
 
     /// Token ids, comma-separated.
-    #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
+    #[arg(long, value_name = "IDS", value_delimiter = ',', value_parser = parse_id, required = true, num_args = 1..)]
     pub ids: Vec<u32>,
 
     /// Leave special tokens (<|im_end|>, ...) out of the text.
@@ -287,7 +287,7 @@ pub struct DiagnoseArgs {
     pub backend: String,
 
     /// Prompt token ids, comma-separated.
-    #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
+    #[arg(long, value_name = "IDS", value_delimiter = ',', value_parser = parse_id, required = true, num_args = 1..)]
     pub ids: Vec<u32>,
 
     /// Print the report as one JSON object.
@@ -479,4 +479,14 @@ pub struct MergeArgs {
     /// dtype of the merged weights [default: the base checkpoint's].
     #[arg(long, value_name = "f32|bf16|f16")]
     pub save_dtype: Option<String>,
+}
+
+/// A token id; spaces around it are allowed (`--ids "1, 2, 3"`).
+fn parse_id(s: &str) -> Result<u32, String> {
+    s.trim().parse().map_err(|_| {
+        format!(
+            "'{}' is not a token id (a number from 0 to 4294967295)",
+            s.trim()
+        )
+    })
 }

@@ -19,13 +19,13 @@ const DEFAULT_REPLY_TOKENS: usize = 512;
 fn turn_stats(turn: &ChatTurn, policy: Policy) -> String {
     let g = &turn.generation;
     format!(
-        "{} tokens ({} plan); prefilled {} new tokens at {:.1} tok/s, reused {} cached; decode {:.1} tok/s",
+        "{} tokens ({} plan); prefilled {} new tokens{}, reused {} cached{}",
         g.ids.len(),
         policy,
         turn.prefilled_tokens,
-        g.prefill_tokens_per_s(),
+        crate::commands::rate_text(" at", g.prefill_tokens_per_s()),
         turn.reused_tokens,
-        g.decode_tokens_per_s()
+        crate::commands::rate_text("; decode", g.decode_tokens_per_s())
     )
 }
 

@@ -40,6 +40,9 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Tokenize(a) => return crate::text_cmds::tokenize(a),
         Command::Detokenize(a) => return crate::text_cmds::detokenize(a),
     };
+    if let Some(dir) = model_dir(&cli.command) {
+        check_model_dir(dir)?;
+    }
     let backend = if requested == "auto" {
         auto_backend()?
     } else {
@@ -59,6 +62,36 @@ pub fn run(cli: Cli) -> CliResult {
         )
         .into()),
     }
+}
+
+/// The model directory a command reads, if it reads one.
+fn model_dir(c: &Command) -> Option<&std::path::Path> {
+    match c {
+        Command::Logits(a) => Some(&a.model.model),
+        Command::Generate(a) => Some(&a.model.model),
+        Command::Run(a) => Some(&a.model.model),
+        Command::Chat(a) => Some(&a.model.model),
+        Command::Bench(a) => Some(&a.model.model),
+        Command::Finetune(a) => Some(&a.model),
+        Command::Merge(a) => Some(&a.model),
+        Command::Diagnose(a) => Some(&a.model),
+        _ => None,
+    }
+}
+
+/// A model path that does not exist, or is a file, is the first thing to say.
+fn check_model_dir(dir: &std::path::Path) -> CliResult {
+    if !dir.exists() {
+        return Err(format!("--model {}: no such directory", dir.display()).into());
+    }
+    if !dir.is_dir() {
+        return Err(format!(
+            "--model {}: is a file; give the model directory (config.json, *.safetensors, tokenizer.json)",
+            dir.display()
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// `auto`: CUDA with a device, else a hardware (not software) wgpu adapter, else the CPU.
@@ -336,15 +369,20 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
         }
         println!();
         eprintln!(
-            "{} prompt tokens, {} generated ({} plan); prefill {:.1} tok/s, decode {:.1} tok/s",
+            "{} prompt tokens, {} generated ({} plan){}{}",
             out.prompt_tokens,
             out.ids.len(),
             outcome.policy,
-            out.prefill_tokens_per_s(),
-            out.decode_tokens_per_s()
+            rate_text("; prefill", out.prefill_tokens_per_s()),
+            rate_text(", decode", out.decode_tokens_per_s())
         );
     }
     Ok(())
+}
+
+/// `"{label} 12.3 tok/s"`, or nothing when there is no rate to show.
+pub fn rate_text(label: &str, rate: Option<f64>) -> String {
+    rate.map_or(String::new(), |r| format!("{label} {r:.1} tok/s"))
 }
 
 /// Prints streamed text at once (stdout is line-buffered otherwise).

@@ -31,7 +31,18 @@ fn tune_allocator() {
     }
 }
 
+/// Lets a closed pipe (`qwen2 generate ... | head`) end the process quietly, as Unix tools do,
+/// instead of a panic from `println!` on EPIPE.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of SIGPIPE before any output or thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     tune_allocator();
     let cli = args::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("QWEN2_LOG").unwrap_or_else(|_| {

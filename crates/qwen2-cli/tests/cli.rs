@@ -154,7 +154,7 @@ fn errors_are_messages_not_panics() {
         "--out",
         npy,
     ]));
-    assert!(e.contains("/nonexistent/model/config.json"), "{e}");
+    assert!(e.contains("--model /nonexistent/model: no such directory"), "{e}");
 
     let e = assert_clean_failure(&qwen2(&[
         "logits", "--model", model, "--ids", "1,999", "--out", npy,
@@ -397,4 +397,108 @@ fn diagnose_reports_every_policy_and_draws_the_chart() {
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("its square does not"), "{text}");
+}
+
+#[test]
+fn closed_pipes_bad_ids_missing_models_and_empty_rates_are_handled() {
+    use std::process::{Command, Stdio};
+    // A reader that goes away (`| head -c 0`): the process ends quietly, no panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen2"))
+        .args([
+            "generate",
+            "--model",
+            fixture("tied-f32-gqa").to_str().unwrap(),
+        ])
+        .args(["--ids", "1,2,3", "--max-new-tokens", "200"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && out.status.code() != Some(101),
+        "{stderr}"
+    );
+
+    // Spaces after commas; a non-number is a usage error (exit 2).
+    let model = fixture("tied-f32-gqa");
+    let model = model.to_str().unwrap();
+    let spaced = qwen2(&[
+        "generate",
+        "--model",
+        model,
+        "--ids",
+        "1, 2, 3",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(
+        spaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&spaced.stderr)
+    );
+    let bad = qwen2(&[
+        "generate",
+        "--model",
+        model,
+        "--ids",
+        "1,x",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("'x' is not a token id"));
+
+    // An eos id beyond the vocabulary is an error, not a silent no-op.
+    let eos = qwen2(&[
+        "generate",
+        "--model",
+        model,
+        "--ids",
+        "1",
+        "--eos",
+        "100000",
+        "--max-new-tokens",
+        "2",
+    ]);
+    let text = String::from_utf8_lossy(&eos.stderr);
+    assert!(
+        !eos.status.success()
+            && text.contains("end-of-sequence id 100000 is outside the vocabulary (320 ids)"),
+        "{text}"
+    );
+
+    // A missing model directory is named first, whatever the command needs from it.
+    let missing = qwen2(&["run", "--model", "/no/such/dir", "--prompt", "hi"]);
+    let text = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        text.contains("--model /no/such/dir: no such directory") && !text.contains("--ids"),
+        "{text}"
+    );
+    let file = fixture("tied-f32-gqa/config.json");
+    let as_file = qwen2(&["generate", "--model", file.to_str().unwrap(), "--ids", "1"]);
+    assert!(String::from_utf8_lossy(&as_file.stderr).contains("is a file"));
+
+    // No tokens generated: no rate over nothing.
+    let none = qwen2(&[
+        "generate",
+        "--model",
+        model,
+        "--ids",
+        "1,2",
+        "--max-new-tokens",
+        "0",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&none.stdout).unwrap();
+    assert_eq!(
+        (
+            v["generated_tokens"].as_u64(),
+            v["decode_tokens_per_s"].is_null()
+        ),
+        (Some(0), true),
+        "{v}"
+    );
 }

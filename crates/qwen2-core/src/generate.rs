@@ -62,20 +62,22 @@ impl Generation {
         self.ids.len().saturating_sub(1)
     }
 
-    /// Decode speed in tokens per second (0 when no decode step ran).
-    pub fn decode_tokens_per_s(&self) -> f64 {
-        let secs = self.decode_time.as_secs_f64();
-        if self.decode_steps() == 0 || secs == 0.0 {
-            0.0
-        } else {
-            self.decode_steps() as f64 / secs
-        }
+    /// Decode speed in tokens per second; `None` when no decode step ran (a rate over nothing
+    /// would be noise).
+    pub fn decode_tokens_per_s(&self) -> Option<f64> {
+        rate(self.decode_steps(), self.decode_time)
     }
 
-    /// Prefill speed in prompt tokens per second.
-    pub fn prefill_tokens_per_s(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prefill_time.as_secs_f64().max(1e-9)
+    /// Prefill speed in prompt tokens per second; `None` when nothing was prefilled.
+    pub fn prefill_tokens_per_s(&self) -> Option<f64> {
+        rate(self.prompt_tokens, self.prefill_time)
     }
+}
+
+/// `count / time`, or `None` when either is zero.
+fn rate(count: usize, time: std::time::Duration) -> Option<f64> {
+    let secs = time.as_secs_f64();
+    (count > 0 && secs > 0.0).then(|| count as f64 / secs)
 }
 
 /// What the token callback of [`generate_in_cache`] wants next.
@@ -127,6 +129,12 @@ pub fn generate_in_cache<B: Backend>(
             "the KV cache holds {} positions but the history has {} ids",
             cache.len(),
             history.len()
+        )));
+    }
+    let vocab = model.config().vocab_size;
+    if let Some(&id) = opts.eos_token_ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::Invalid(format!(
+            "end-of-sequence id {id} is outside the vocabulary ({vocab} ids)"
         )));
     }
     let context = model.context_length();
