@@ -20,6 +20,10 @@ pub struct Cli {
     #[arg(long, short, global = true)]
     pub verbose: bool,
 
+    /// Threads for the CPU work (the rayon pool) [default: one per core].
+    #[arg(long, short = 't', global = true, value_name = "N")]
+    pub threads: Option<usize>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,7 +82,7 @@ pub enum OnNonFinite {
 #[derive(Args, Debug)]
 pub struct ModelArgs {
     /// Model directory (config.json and *.safetensors).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, short = 'm', value_name = "DIR")]
     pub model: PathBuf,
 
     /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as
@@ -110,7 +114,7 @@ pub struct ModelArgs {
 pub struct SamplingArgs {
     /// Tokens to generate at most [default: generation_config.json's max_new_tokens, else 32
     /// for generate and 512 for run/chat].
-    #[arg(long)]
+    #[arg(long, short = 'n')]
     pub max_new_tokens: Option<usize>,
 
     /// Sampling temperature; 0 means greedy (always the most likely token)
@@ -134,9 +138,10 @@ pub struct SamplingArgs {
     #[arg(long, value_name = "X")]
     pub repetition_penalty: Option<f32>,
 
-    /// Seed of the sampler: the same seed and settings give the same output.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the sampler: the same seed and settings give the same output [default: a fresh
+    /// seed per run, shown with --verbose and in --json].
+    #[arg(long, short = 's')]
+    pub seed: Option<u64>,
 
     /// Stop at these token ids (comma-separated) [default: generation_config.json's
     /// eos_token_id, else config.json's].
@@ -180,7 +185,7 @@ pub struct GenerateArgs {
 
     /// Prompt text, tokenized with the model's tokenizer.json as is (no chat template; see
     /// `qwen2 run` for that); output is text.
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, short = 'p', value_name = "TEXT")]
     pub prompt: Option<String>,
 
     #[command(flatten)]
@@ -199,7 +204,7 @@ pub struct RunArgs {
     pub model: ModelArgs,
 
     /// The user's message.
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, short = 'p', value_name = "TEXT")]
     pub prompt: String,
 
     /// A system message before it (default: whatever the chat template puts there).

@@ -19,8 +19,9 @@ const DEFAULT_REPLY_TOKENS: usize = 512;
 fn turn_stats(turn: &ChatTurn, policy: Policy) -> String {
     let g = &turn.generation;
     format!(
-        "{} tokens ({} plan); prefilled {} new tokens{}, reused {} cached{}",
+        "{} tokens, finish reason {} ({} plan); prefilled {} new tokens{}, reused {} cached{}",
         g.ids.len(),
+        g.finish_reason(),
         policy,
         turn.prefilled_tokens,
         crate::commands::rate_text(" at", g.prefill_tokens_per_s()),
@@ -76,6 +77,8 @@ pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
             "generated_tokens": g.ids.len(),
             "stopped_on_eos": g.stopped_on_eos,
             "stopped_on_stop_string": g.stopped_by_caller,
+            "finish_reason": g.finish_reason(),
+            "seed": opts.generate.sampling.seed,
             "prefill_tokens_per_s": g.prefill_tokens_per_s(),
             "decode_tokens_per_s": g.decode_tokens_per_s(),
             "backend": P::NAME,

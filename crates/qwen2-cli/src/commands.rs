@@ -344,6 +344,8 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
             "generated_tokens": out.ids.len(),
             "stopped_on_eos": out.stopped_on_eos,
             "prefill_seconds": out.prefill_time.as_secs_f64(),
+            "finish_reason": out.finish_reason(),
+            "seed": opts.sampling.seed,
             "prefill_tokens_per_s": out.prefill_tokens_per_s(),
             "decode_seconds": out.decode_time.as_secs_f64(),
             "decode_tokens_per_s": out.decode_tokens_per_s(),
@@ -369,9 +371,10 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
         }
         println!();
         eprintln!(
-            "{} prompt tokens, {} generated ({} plan){}{}",
+            "{} prompt tokens, {} generated, finish reason {} ({} plan){}{}",
             out.prompt_tokens,
             out.ids.len(),
+            out.finish_reason(),
             outcome.policy,
             rate_text("; prefill", out.prefill_tokens_per_s()),
             rate_text(", decode", out.decode_tokens_per_s())

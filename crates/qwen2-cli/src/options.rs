@@ -10,6 +10,17 @@ use qwen2_burn::core::Qwen2Config;
 use crate::args::SamplingArgs;
 use crate::commands::CliResult;
 
+/// A seed for a run without `--seed`: the clock's nanoseconds mixed with the process id, so
+/// two runs in the same second differ.
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let seed = nanos ^ (u64::from(std::process::id()) << 32);
+    tracing::info!(seed, "no --seed: sampling with a fresh seed");
+    seed
+}
+
 /// Sampling, token budget and eos ids: the flags where given, else `generation_config.json`,
 /// else `config.json` (eos) and `default_max_new_tokens`. `extra_eos` (such as the chat
 /// template's `<|im_end|>`) is added to the eos ids unless `--eos` is given.
@@ -26,7 +37,7 @@ pub fn generate_options(
         top_p: s.top_p,
         min_p: s.min_p,
         repetition_penalty: s.repetition_penalty,
-        seed: s.seed,
+        seed: s.seed.unwrap_or_else(fresh_seed),
     });
     sampling
         .validate()

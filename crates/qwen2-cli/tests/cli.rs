@@ -154,7 +154,10 @@ fn errors_are_messages_not_panics() {
         "--out",
         npy,
     ]));
-    assert!(e.contains("--model /nonexistent/model: no such directory"), "{e}");
+    assert!(
+        e.contains("--model /nonexistent/model: no such directory"),
+        "{e}"
+    );
 
     let e = assert_clean_failure(&qwen2(&[
         "logits", "--model", model, "--ids", "1,999", "--out", npy,

@@ -355,3 +355,58 @@ fn bench_prints_one_json_report() {
     ]));
     assert!(err.contains("exceeds the context"), "{err}");
 }
+
+#[test]
+fn short_flags_fresh_seeds_and_finish_reasons() {
+    let model = fixture("tiny-chat");
+    let model = model.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "-m",
+            model,
+            "-p",
+            "Hi",
+            "-n",
+            "4",
+            "-t",
+            "1",
+            "--temperature",
+            "1",
+            "--json",
+        ];
+        args.extend(extra);
+        let out = qwen2(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // Without --seed every run draws its own seed and reports it; --seed N repeats a run.
+    let (a, b) = (run(&[]), run(&[]));
+    assert_ne!(a["seed"], b["seed"]);
+    let seed = a["seed"].as_u64().unwrap().to_string();
+    let again = run(&["-s", &seed]);
+    assert_eq!((&again["ids"], &again["seed"]), (&a["ids"], &a["seed"]));
+    // Four tokens without an eos: stopped by the budget.
+    assert_eq!(
+        (a["generated_tokens"].as_u64(), a["finish_reason"].as_str()),
+        (Some(4), Some("length"))
+    );
+    // finish_reason is "stop" exactly when an eos id ended generation, else "length".
+    let greedy = qwen2(&[
+        "generate", "-m", model, "--ids", "1,2,3", "-n", "2", "--eos", "2", "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&greedy.stdout).unwrap();
+    assert!(
+        matches!(v["finish_reason"].as_str(), Some("stop" | "length")),
+        "{v}"
+    );
+    assert_eq!(
+        v["finish_reason"] == "stop",
+        v["stopped_on_eos"] == true,
+        "{v}"
+    );
+}

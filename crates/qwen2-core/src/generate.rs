@@ -62,6 +62,16 @@ impl Generation {
         self.ids.len().saturating_sub(1)
     }
 
+    /// Why generation stopped, in OpenAI's words: `stop` (an eos id or the caller, e.g. a stop
+    /// string) or `length` (the token budget or the context).
+    pub fn finish_reason(&self) -> &'static str {
+        if self.stopped_on_eos || self.stopped_by_caller {
+            "stop"
+        } else {
+            "length"
+        }
+    }
+
     /// Decode speed in tokens per second; `None` when no decode step ran (a rate over nothing
     /// would be noise).
     pub fn decode_tokens_per_s(&self) -> Option<f64> {
