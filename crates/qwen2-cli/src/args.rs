@@ -180,13 +180,11 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
 
     /// Prompt token ids, comma-separated (e.g. 9707,11,1879); output is ids.
-    #[arg(long, value_name = "IDS", value_delimiter = ',', value_parser = parse_id, num_args = 1.., required_unless_present = "prompt", conflicts_with = "prompt")]
+    #[arg(long, value_name = "IDS", value_delimiter = ',', value_parser = parse_id, num_args = 1.., conflicts_with_all = ["prompt", "prompt_file", "text"])]
     pub ids: Vec<u32>,
 
-    /// Prompt text, tokenized with the model's tokenizer.json as is (no chat template; see
-    /// `qwen2 run` for that); output is text.
-    #[arg(long, short = 'p', value_name = "TEXT")]
-    pub prompt: Option<String>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -203,9 +201,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// The user's message.
-    #[arg(long, short = 'p', value_name = "TEXT")]
-    pub prompt: String,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
 
     /// A system message before it (default: whatever the chat template puts there).
     #[arg(long, value_name = "TEXT")]
@@ -494,4 +491,21 @@ fn parse_id(s: &str) -> Result<u32, String> {
             s.trim()
         )
     })
+}
+
+/// Where a text prompt comes from: `--prompt`, `--prompt-file` (`-` = stdin), a positional
+/// argument, or stdin when it is not a terminal.
+#[derive(Args, Debug, Clone)]
+pub struct PromptArgs {
+    /// The prompt text (generate: tokenized as is, no chat template; run: the user's message).
+    #[arg(long, short = 'p', value_name = "TEXT", conflicts_with_all = ["prompt_file", "text"])]
+    pub prompt: Option<String>,
+
+    /// Read the prompt from FILE (`-` = standard input).
+    #[arg(long, value_name = "FILE", conflicts_with = "text")]
+    pub prompt_file: Option<PathBuf>,
+
+    /// The prompt as a positional argument.
+    #[arg(value_name = "PROMPT")]
+    pub text: Option<String>,
 }

@@ -52,6 +52,8 @@ fn chat_setup(
 }
 
 pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
+    let prompt = crate::options::prompt_text(&a.prompt)?
+        .ok_or("give the message as --prompt, --prompt-file, a positional argument or on stdin")?;
     let device = device_of::<P>()?;
     let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
     let (tokenizer, template, opts) = chat_setup(&a.model.model, &a.sampling, "qwen2 run")?;
@@ -60,7 +62,7 @@ pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
     let outcome = run_with_fallback(&resolved, fallback, |policy| {
         let model = load::<P>(&a.model, policy, &device)?;
         let mut session = ChatSession::new(&model, &tokenizer, &template, a.system.as_deref());
-        session.send(&a.prompt, &opts, |text| {
+        session.send(&prompt, &opts, |text| {
             if stream {
                 print_flush(text);
             }

@@ -276,20 +276,27 @@ fn logits<P: Platform>(a: LogitsArgs) -> CliResult {
 
 fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
     let dir = &a.model.model;
+    let prompt = if a.ids.is_empty() {
+        Some(crate::options::prompt_text(&a.prompt)?.ok_or(
+            "give the prompt as --ids, --prompt, --prompt-file, a positional argument or on stdin",
+        )?)
+    } else {
+        None
+    };
     // Text needs the tokenizer; ids need it only for stop strings.
-    let tokenizer = if a.prompt.is_some() || !a.sampling.stop.is_empty() {
+    let tokenizer = if prompt.is_some() || !a.sampling.stop.is_empty() {
         Some(model_tokenizer(dir, "--prompt / --stop")?)
     } else {
         None
     };
-    let prompt_ids = match (&a.prompt, &tokenizer) {
+    let prompt_ids = match (&prompt, &tokenizer) {
         (Some(text), Some(t)) => t.encode(text)?,
         _ => a.ids.clone(),
     };
     let opts = generate_options(&a.sampling, dir, &[], 32)?;
     let device = device_of::<P>()?;
     let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
-    let as_text = a.prompt.is_some();
+    let as_text = prompt.is_some();
     // Stream only when no fallback can restart the output halfway.
     let stream = !a.json && (!fallback || resolved.fallbacks.is_empty());
     let outcome = run_with_fallback(&resolved, fallback, |policy| {

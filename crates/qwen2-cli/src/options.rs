@@ -87,3 +87,35 @@ pub fn chat_end_ids(tokenizer: &TextTokenizer) -> Vec<u32> {
         .filter_map(|t| tokenizer.token_id(t))
         .collect()
 }
+
+/// The text prompt of `run`/`generate`: `--prompt`, `--prompt-file` (`-` = stdin), the
+/// positional argument, or stdin when it is piped; `None` when none was given.
+pub fn prompt_text(p: &crate::args::PromptArgs) -> CliResult<Option<String>> {
+    use std::io::{IsTerminal, Read};
+    let read_stdin = || -> CliResult<String> {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("reading the prompt from standard input: {e}"))?;
+        Ok(text)
+    };
+    if let Some(text) = p.prompt.clone().or_else(|| p.text.clone()) {
+        return Ok(Some(text));
+    }
+    // A file or a pipe usually ends with one newline that is not part of the prompt.
+    let chomp = |t: String| {
+        let end = t.strip_suffix('\n').map_or(t.len(), str::len);
+        let end = t[..end].strip_suffix('\r').map_or(end, str::len);
+        t[..end].to_string()
+    };
+    let text = match &p.prompt_file {
+        Some(f) if f.as_os_str() == "-" => read_stdin()?,
+        Some(f) => {
+            std::fs::read_to_string(f).map_err(|e| format!("--prompt-file {}: {e}", f.display()))?
+        }
+        None if !std::io::stdin().is_terminal() => read_stdin()?,
+        None => return Ok(None),
+    };
+    let text = chomp(text);
+    Ok((!text.is_empty() || p.prompt_file.is_some()).then_some(text))
+}

@@ -410,3 +410,65 @@ fn short_flags_fresh_seeds_and_finish_reasons() {
         "{v}"
     );
 }
+
+#[test]
+fn prompts_come_from_flags_files_stdin_or_a_positional_argument() {
+    let model = fixture("tiny-chat");
+    let model = model.to_str().unwrap();
+    let prompt_tokens = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["prompt_tokens"].as_u64().unwrap()
+    };
+    let flag = prompt_tokens(&qwen2(&[
+        "run", "-m", model, "-p", "Hello", "-n", "1", "--json",
+    ]));
+    let positional = prompt_tokens(&qwen2(&["run", "-m", model, "Hello", "-n", "1", "--json"]));
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("prompt.txt");
+    std::fs::write(&file, "Hello\n").unwrap();
+    let from_file = prompt_tokens(&qwen2(&[
+        "run",
+        "-m",
+        model,
+        "--prompt-file",
+        file.to_str().unwrap(),
+        "-n",
+        "1",
+        "--json",
+    ]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen2"))
+        .args(["run", "-m", model, "-n", "1", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Hello\n").unwrap();
+    let piped = prompt_tokens(&child.wait_with_output().unwrap());
+    assert_eq!(
+        [positional, from_file, piped],
+        [flag; 3],
+        "the trailing newline is not part of the prompt"
+    );
+    // No prompt anywhere (stdin is empty here): a clear error.
+    let none = qwen2(&["run", "-m", model, "-n", "1"]);
+    assert!(String::from_utf8_lossy(&none.stderr)
+        .contains("give the message as --prompt, --prompt-file"));
+    // generate takes the same sources for text.
+    let g = prompt_tokens(&qwen2(&[
+        "generate",
+        "-m",
+        model,
+        "--prompt-file",
+        file.to_str().unwrap(),
+        "-n",
+        "1",
+        "--json",
+    ]));
+    assert!(g > 0);
+}
