@@ -339,3 +339,23 @@ fn overfull_kv_cache_is_refused() {
     );
     assert!(e.to_string().contains("KV cache"), "{e}");
 }
+
+#[test]
+fn nan_in_the_weights_is_a_broken_checkpoint_naming_the_tensor() {
+    let tmp = copy_fixture("untied-bf16-mqa");
+    rewrite_weights(tmp.path(), |t| {
+        let (_, _, data) = t.get_mut("model.layers.1.mlp.down_proj.weight").unwrap();
+        data[6..8].copy_from_slice(&0x7FC0u16.to_le_bytes()); // bf16 NaN
+        data[10..12].copy_from_slice(&0xFF80u16.to_le_bytes()); // bf16 -inf
+    });
+    let e = load_err(tmp.path());
+    let text = e.to_string();
+    assert!(
+        matches!(&e, Error::BrokenTensor { name, count: 2, .. } if name == "model.layers.1.mlp.down_proj.weight"),
+        "{text}"
+    );
+    assert!(
+        text.contains("checkpoint is broken") && !text.contains("--precision f"),
+        "{text}"
+    );
+}

@@ -155,6 +155,21 @@ pub enum Error {
         message: String,
     },
 
+    /// A weight holds NaN or inf values: the checkpoint itself is broken.
+    #[error(
+        "tensor {name} in {path} holds {count} NaN/inf values (of {of}): the checkpoint is broken \
+             (re-download or re-convert it); no precision setting can fix this"
+    )]
+    BrokenTensor {
+        /// HF tensor name.
+        name: String,
+        /// The file holding it.
+        path: PathBuf,
+        /// Non-finite values.
+        count: usize,
+        /// Values in the tensor.
+        of: usize,
+    },
     /// A LoRA adapter that cannot be read or does not fit the base model.
     #[error("adapter {path}: {message}")]
     Adapter {

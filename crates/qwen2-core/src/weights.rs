@@ -201,6 +201,15 @@ impl Checkpoint {
                 })
             }
         };
+        let broken = count_nonfinite(bytes, source);
+        if broken > 0 {
+            return Err(Error::BrokenTensor {
+                name: name.into(),
+                path: shard.path.clone(),
+                count: broken,
+                of: expected.iter().product(),
+            });
+        }
         let (rows, cols) = match (transpose, expected) {
             (true, [r, c]) => (*r, *c),
             _ => (1, expected.iter().product()),
@@ -266,6 +275,24 @@ enum SourceDtype {
     F32,
     Bf16,
     F16,
+}
+
+/// NaN and inf values in little-endian `bytes` of `source` dtype (exponent bits all ones).
+fn count_nonfinite(bytes: &[u8], source: SourceDtype) -> usize {
+    let half = |mask: u16| {
+        bytes
+            .chunks_exact(2)
+            .filter(|c| u16::from_le_bytes([c[0], c[1]]) & mask == mask)
+            .count()
+    };
+    match source {
+        SourceDtype::F32 => bytes
+            .chunks_exact(4)
+            .filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7F80_0000 == 0x7F80_0000)
+            .count(),
+        SourceDtype::Bf16 => half(0x7F80),
+        SourceDtype::F16 => half(0x7C00),
+    }
 }
 
 /// Converts little-endian `bytes` of `source` dtype into `T`, transposing a `[rows, cols]`
