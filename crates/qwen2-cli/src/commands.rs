@@ -56,8 +56,15 @@ pub fn run(cli: Cli) -> CliResult {
         "wgpu" => run_on::<qwen2_burn::wgpu::Wgpu>(cli),
         #[cfg(feature = "cuda")]
         "cuda" => run_on::<qwen2_burn::cuda::Cuda>(cli),
+        known if ["cpu", "wgpu", "cuda"].contains(&known) => Err(format!(
+            "this qwen2 was built without the `{known}` backend; rebuild it with \
+             `cargo install --path crates/qwen2-cli --features {known}` (or `cargo build --release \
+             --features qwen2-cli/{known}`); this binary has: {} (and auto)",
+            COMPILED_BACKENDS.join(", ")
+        )
+        .into()),
         other => Err(format!(
-            "unknown or not compiled-in backend `{other}`; this binary has: {} (and auto)",
+            "unknown backend `{other}`; this binary has: {} (and auto)",
             COMPILED_BACKENDS.join(", ")
         )
         .into()),
@@ -117,7 +124,8 @@ fn auto_backend() -> CliResult<String> {
 }
 
 fn doctor(json: bool) -> CliResult {
-    let reports: Vec<serde_json::Value> = vec![
+    #[allow(unused_mut)]
+    let mut reports: Vec<serde_json::Value> = vec![
         #[cfg(feature = "cpu")]
         crate::doctor::backend_report::<qwen2_burn::cpu::Cpu>(),
         #[cfg(feature = "wgpu")]
@@ -125,6 +133,15 @@ fn doctor(json: bool) -> CliResult {
         #[cfg(feature = "cuda")]
         crate::doctor::backend_report::<qwen2_burn::cuda::Cuda>(),
     ];
+    for name in ["cpu", "wgpu", "cuda"] {
+        if !COMPILED_BACKENDS.contains(&name) {
+            reports.push(serde_json::json!({
+                "backend": name,
+                "compiled": false,
+                "how": format!("cargo install --path crates/qwen2-cli --features {name}"),
+            }));
+        }
+    }
     crate::doctor::print(&reports, json)
 }
 
@@ -314,6 +331,7 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
             .as_ref()
             .map(|t| TextStream::new(t, true, &a.sampling.stop));
         let mut cache = model.new_cache(prompt_ids.len() + opts.max_new_tokens);
+        let mut streamed_ids = 0;
         let g = generate_in_cache(&model, &mut cache, &[], &prompt_ids, &opts, |id| {
             let mut flow = Flow::Continue;
             if let Some(t) = text.as_mut().filter(|_| !opts.eos_token_ids.contains(&id)) {
@@ -326,7 +344,10 @@ fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
                 }
             }
             if stream && !as_text {
-                print_flush(&format!("{id} "));
+                // Comma-separated, as `tokenize` prints ids and `--ids` takes them.
+                let sep = if streamed_ids == 0 { "" } else { "," };
+                print_flush(&format!("{sep}{id}"));
+                streamed_ids += 1;
             }
             Ok(flow)
         })?;

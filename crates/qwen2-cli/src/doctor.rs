@@ -61,6 +61,14 @@ pub fn print(reports: &[serde_json::Value], json: bool) -> CliResult {
         return Ok(());
     }
     for r in reports {
+        if r["compiled"] == false {
+            println!(
+                "backend {}: not compiled into this binary (build with: {})",
+                r["backend"].as_str().unwrap_or("?"),
+                r["how"].as_str().unwrap_or("?")
+            );
+            continue;
+        }
         println!("backend {}", r["backend"].as_str().unwrap_or("?"));
         let devices = r["devices"].as_array().cloned().unwrap_or_default();
         if devices.is_empty() {

@@ -131,10 +131,23 @@ fn generate_text_mode_streams_ids() {
         "4",
     ]);
     assert!(out.status.success());
-    let words = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .count();
-    assert_eq!(words, 4);
+    // Comma-separated, as `tokenize` prints ids and `--ids` takes them.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ids: Vec<u32> = text.trim().split(',').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "{text}");
+    let backend = qwen2(&[
+        "generate",
+        "--model",
+        fixture("tied-f32-gqa").to_str().unwrap(),
+        "--ids",
+        "1",
+        "--backend",
+        "cuda",
+    ]);
+    let stderr = String::from_utf8_lossy(&backend.stderr);
+    if !cfg!(feature = "cuda") {
+        assert!(stderr.contains("--features cuda"), "{stderr}");
+    }
 }
 
 #[test]
