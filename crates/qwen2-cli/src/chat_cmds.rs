@@ -101,10 +101,15 @@ pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
     Ok(())
 }
 
+/// The chat commands, listed by the banner and `/help`.
+const CHAT_HELP: &str =
+    "/help: this list\n/reset: forget the conversation (the system message stays)\n\
+                         /exit, /quit, /bye: quit (or Ctrl-D)";
+
 /// Why a chat loop ended.
 enum ChatEnd {
-    /// The user left (Ctrl-D or /exit).
-    Quit,
+    /// The user left (Ctrl-D or /exit); `failed_turns` piped turns ended in an error.
+    Quit { failed_turns: usize },
     /// A turn went non-finite: the conversation before it and the message that failed.
     NonFinite {
         error: qwen2_burn::core::Error,
@@ -131,7 +136,9 @@ pub fn chat_cmd<P: Platform>(a: ChatArgs) -> CliResult {
         .unwrap_or_default();
     let mut pending: Option<String> = None;
     if interactive {
-        eprintln!("qwen2 chat: type a message and press Enter; /reset starts over, /exit or Ctrl-D quits.");
+        eprintln!(
+            "qwen2 chat: type a message and press Enter; commands: /help, /reset, /exit (/quit, /bye), Ctrl-D quits."
+        );
     }
     loop {
         let model = load::<P>(&a.model, policy, &device)?;
@@ -145,7 +152,10 @@ pub fn chat_cmd<P: Platform>(a: ChatArgs) -> CliResult {
             a.system.as_deref(),
         )?;
         match end {
-            ChatEnd::Quit => return Ok(()),
+            ChatEnd::Quit { failed_turns: 0 } => return Ok(()),
+            ChatEnd::Quit { failed_turns } => {
+                return Err(format!("{failed_turns} chat turn(s) failed (see above)").into())
+            }
             ChatEnd::NonFinite {
                 error,
                 messages: kept,
@@ -176,6 +186,7 @@ fn chat_loop<B: burn::prelude::Backend>(
 ) -> CliResult<ChatEnd> {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
+    let mut failed_turns = 0;
     loop {
         let line = match pending.take() {
             Some(text) => text,
@@ -188,7 +199,7 @@ fn chat_loop<B: burn::prelude::Backend>(
                         if interactive {
                             eprintln!();
                         }
-                        return Ok(ChatEnd::Quit);
+                        return Ok(ChatEnd::Quit { failed_turns });
                     }
                     Some(line) => line.map_err(|e| format!("reading stdin: {e}"))?,
                 }
@@ -197,7 +208,7 @@ fn chat_loop<B: burn::prelude::Backend>(
         let text = line.trim();
         match text {
             "" => continue,
-            "/exit" | "/quit" => return Ok(ChatEnd::Quit),
+            "/exit" | "/quit" | "/bye" => return Ok(ChatEnd::Quit { failed_turns }),
             "/reset" => {
                 session.reset();
                 eprintln!(
@@ -211,7 +222,14 @@ fn chat_loop<B: burn::prelude::Backend>(
                 continue;
             }
             "/help" => {
-                eprintln!("/reset: forget the conversation (the system message stays)\n/exit: quit (or Ctrl-D)");
+                eprintln!("{CHAT_HELP}");
+                continue;
+            }
+            command if command.starts_with('/') && !command.contains(char::is_whitespace) => {
+                eprintln!("error: unknown command {command} (not sent to the model)\n{CHAT_HELP}");
+                if !interactive {
+                    failed_turns += 1;
+                }
                 continue;
             }
             _ => {}
@@ -232,6 +250,9 @@ fn chat_loop<B: burn::prelude::Backend>(
             Err(error) => {
                 println!();
                 eprintln!("error: {error}");
+                if !interactive {
+                    failed_turns += 1;
+                }
             }
         }
     }

@@ -472,3 +472,39 @@ fn prompts_come_from_flags_files_stdin_or_a_positional_argument() {
     ]));
     assert!(g > 0);
 }
+
+#[test]
+fn piped_chat_refuses_unknown_commands_and_exits_non_zero_after_a_failed_turn() {
+    let chat = |input: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qwen2"))
+            .args([
+                "chat",
+                "-m",
+                fixture("tiny-chat").to_str().unwrap(),
+                "-n",
+                "2",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let ok = chat(b"Hi!\n/help\n/bye\nnever sent\n");
+    let err = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{err}");
+    assert!(
+        err.contains("/quit, /bye") && !err.contains("never sent"),
+        "{err}"
+    );
+    let bad = chat(b"/frobnicate\nHi!\n");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unknown command /frobnicate (not sent to the model)")
+            && err.contains("1 chat turn(s) failed"),
+        "{err}"
+    );
+}
