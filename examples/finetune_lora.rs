@@ -54,6 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         generate,
         stop_strings: vec![],
         template_vars: Default::default(),
+        cancel: None,
     };
     let mut chat = ChatSession::new(&inference, &tokenizer, &template, None);
     let turn = chat.send("What is the capital of France?", &opts, |_| {})?;

@@ -41,6 +41,7 @@ fn greedy(max_new_tokens: usize) -> ChatOptions {
         },
         stop_strings: vec![],
         template_vars: Default::default(),
+        cancel: None,
     }
 }
 

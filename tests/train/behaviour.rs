@@ -226,6 +226,7 @@ fn a_lora_run_learns_a_small_chat_task() {
         generate: GenerateOptions::greedy(8),
         stop_strings: vec![],
         template_vars: Default::default(),
+        cancel: None,
     };
     opts.generate.eos_token_ids = vec![tokenizer.token_id("<|im_end|>").unwrap()];
     for (q, a) in [

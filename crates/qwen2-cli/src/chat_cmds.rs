@@ -1,6 +1,6 @@
 //! `qwen2 run` (one prompt through the chat template) and `qwen2 chat` (interactive).
 
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 
 use qwen2_burn::core::chat::{ChatOptions, ChatSession, ChatTurn};
 use qwen2_burn::core::fallback::{is_nonfinite, run_with_fallback};
@@ -8,6 +8,7 @@ use qwen2_burn::core::text::{ChatTemplate, Message, TextTokenizer};
 use qwen2_burn::core::{Platform, Policy};
 
 use crate::args::{ChatArgs, RunArgs, SamplingArgs};
+use crate::chat_input::{ChatInput, Read};
 use crate::commands::{
     device_of, fallback_json, load, print_flush, report_fallbacks, resolve, CliResult,
 };
@@ -47,6 +48,7 @@ fn chat_setup(
         )?,
         stop_strings: sampling.stop.clone(),
         template_vars: Default::default(),
+        cancel: None,
     };
     Ok((tokenizer, template, opts))
 }
@@ -101,6 +103,26 @@ pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
     Ok(())
 }
 
+/// The flag Ctrl-C sets while a reply is being generated (the line editor reads Ctrl-C at
+/// the prompt itself).
+static CANCEL: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::OnceLock::new();
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    if let Some(c) = CANCEL.get() {
+        c.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Makes Ctrl-C during a reply stop the reply instead of the process.
+fn install_cancel(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let _ = CANCEL.set(flag);
+    // SAFETY: the handler only loads a OnceLock and stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
 /// The chat commands, listed by the banner and `/help`.
 const CHAT_HELP: &str =
     "/help: this list\n/reset: forget the conversation (the system message stays)\n\
@@ -135,6 +157,13 @@ pub fn chat_cmd<P: Platform>(a: ChatArgs) -> CliResult {
         .map(|s| vec![Message::new("system", s)])
         .unwrap_or_default();
     let mut pending: Option<String> = None;
+    let mut input = ChatInput::new(interactive)?;
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut opts = opts;
+    if interactive {
+        install_cancel(cancel.clone());
+        opts.cancel = Some(cancel);
+    }
     if interactive {
         eprintln!(
             "qwen2 chat: type a message and press Enter; commands: /help, /reset, /exit (/quit, /bye), Ctrl-D quits."
@@ -145,9 +174,9 @@ pub fn chat_cmd<P: Platform>(a: ChatArgs) -> CliResult {
         let mut session = ChatSession::with_messages(&model, &tokenizer, &template, messages);
         let end = chat_loop(
             &mut session,
+            &mut input,
             &opts,
             policy,
-            interactive,
             pending.take(),
             a.system.as_deref(),
         )?;
@@ -178,32 +207,21 @@ pub fn chat_cmd<P: Platform>(a: ChatArgs) -> CliResult {
 
 fn chat_loop<B: burn::prelude::Backend>(
     session: &mut ChatSession<'_, B>,
+    input: &mut ChatInput,
     opts: &ChatOptions,
     policy: Policy,
-    interactive: bool,
     mut pending: Option<String>,
     system: Option<&str>,
 ) -> CliResult<ChatEnd> {
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let interactive = matches!(input, ChatInput::Editor { .. });
     let mut failed_turns = 0;
     loop {
         let line = match pending.take() {
             Some(text) => text,
-            None => {
-                if interactive {
-                    eprint!("> ");
-                }
-                match lines.next() {
-                    None => {
-                        if interactive {
-                            eprintln!();
-                        }
-                        return Ok(ChatEnd::Quit { failed_turns });
-                    }
-                    Some(line) => line.map_err(|e| format!("reading stdin: {e}"))?,
-                }
-            }
+            None => match input.read()? {
+                Read::End => return Ok(ChatEnd::Quit { failed_turns }),
+                Read::Line(line) => line,
+            },
         };
         let text = line.trim();
         match text {
@@ -235,9 +253,19 @@ fn chat_loop<B: burn::prelude::Backend>(
             _ => {}
         }
         let before = session.messages().to_vec();
+        if let Some(c) = &opts.cancel {
+            c.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
         match session.send(text, opts, print_flush) {
             Ok(turn) => {
                 println!();
+                if opts
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+                {
+                    eprintln!("(reply interrupted with Ctrl-C; the partial reply stays in the conversation)");
+                }
                 eprintln!("[{}]", turn_stats(&turn, policy));
             }
             Err(error) if is_nonfinite(&error) => {

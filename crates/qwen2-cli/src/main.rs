@@ -4,6 +4,7 @@ mod args;
 mod bench;
 mod chart;
 mod chat_cmds;
+mod chat_input;
 mod commands;
 mod diagnose;
 mod doctor;

@@ -18,6 +18,9 @@ pub struct ChatOptions {
     pub stop_strings: Vec<String>,
     /// Extra chat-template variables, e.g. `{"enable_thinking": false}` for Qwen3 templates.
     pub template_vars: serde_json::Map<String, serde_json::Value>,
+    /// When set (Ctrl-C, a client that went away), the reply ends after the current token;
+    /// what was generated stays in the conversation.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// One answered turn.
@@ -156,7 +159,11 @@ impl<'m, B: Backend> ChatSession<'m, B> {
                 if !step.text.is_empty() {
                     on_text(&step.text);
                 }
-                Ok(if step.stopped {
+                let cancelled = opts
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst));
+                Ok(if step.stopped || cancelled {
                     Flow::Stop
                 } else {
                     Flow::Continue
