@@ -44,9 +44,8 @@ from pathlib import Path
 import torch
 import transformers
 
-PAD_ID = 0
-IGNORE = -100
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The batching and loss of the training goldens, so both sides of bench-train compute the same.
+from make_train_fixtures import IGNORE, LORA_TARGETS, PAD_ID, collate, micro_loss  # noqa: E402
 
 
 def fail(message):
@@ -106,19 +105,6 @@ def n_label_tokens_of(record):
     return sum(1 for t in record["labels"][1:] if t != IGNORE)
 
 
-def collate(recs):
-    width = max(len(r["input_ids"]) for r in recs)
-    ids = torch.full((len(recs), width), PAD_ID, dtype=torch.long)
-    labels = torch.full((len(recs), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(recs), width), dtype=torch.long)
-    for b, r in enumerate(recs):
-        n = len(r["input_ids"])
-        ids[b, :n] = torch.tensor(r["input_ids"])
-        labels[b, :n] = torch.tensor(r["labels"])
-        mask[b, :n] = 1
-    return ids, labels, mask
-
-
 def step_records(n_records, batch_size, grad_accum, step):
     """Record indices of each micro-batch of optimizer step `step` (qwen2-train's BatchPlan
     without shuffling: file order, epochs back to back, an epoch's last micro-batch may be short)."""
@@ -165,17 +151,6 @@ def load_model(args):
 
 # ---------------------------------------------------------------------------------------------
 # training
-
-
-def micro_loss(model, ids, labels, mask, n_items):
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-    ce = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]),
-        labels[:, 1:].reshape(-1),
-        reduction="sum",
-        ignore_index=IGNORE,
-    )
-    return ce / n_items
 
 
 def train_step(model, params, opt, sched, records, micro_indices, bf16):

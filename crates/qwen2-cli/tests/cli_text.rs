@@ -1,21 +1,10 @@
 //! The text commands as a user runs them: tokenize, detokenize, run, chat, generate --prompt.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
+use std::process::Output;
 
-fn qwen2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qwen2"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{fixture, qwen2, qwen2_with_stdin};
 
 fn stdout(o: &Output) -> String {
     assert!(
@@ -193,8 +182,8 @@ fn run_answers_with_the_chat_template_like_hf() {
 #[test]
 fn chat_keeps_the_cache_across_turns_and_resets() {
     let dir = fixture("tiny-chat");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen2"))
-        .args([
+    let o = qwen2_with_stdin(
+        &[
             "chat",
             "--model",
             dir.to_str().unwrap(),
@@ -204,19 +193,9 @@ fn chat_keeps_the_cache_across_turns_and_resets() {
             "0",
             "--max-new-tokens",
             "3",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Hi!\nTell me a joke.\n/reset\nHi!\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+        ],
+        b"Hi!\nTell me a joke.\n/reset\nHi!\n",
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let stats: Vec<&str> = err.lines().filter(|l| l.starts_with('[')).collect();
@@ -441,15 +420,10 @@ fn prompts_come_from_flags_files_stdin_or_a_positional_argument() {
         "1",
         "--json",
     ]));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen2"))
-        .args(["run", "-m", model, "-n", "1", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"Hello\n").unwrap();
-    let piped = prompt_tokens(&child.wait_with_output().unwrap());
+    let piped = prompt_tokens(&qwen2_with_stdin(
+        &["run", "-m", model, "-n", "1", "--json"],
+        b"Hello\n",
+    ));
     assert_eq!(
         [positional, from_file, piped],
         [flag; 3],
@@ -475,23 +449,9 @@ fn prompts_come_from_flags_files_stdin_or_a_positional_argument() {
 
 #[test]
 fn piped_chat_refuses_unknown_commands_and_exits_non_zero_after_a_failed_turn() {
-    let chat = |input: &[u8]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qwen2"))
-            .args([
-                "chat",
-                "-m",
-                fixture("tiny-chat").to_str().unwrap(),
-                "-n",
-                "2",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let model = fixture("tiny-chat");
+    let chat =
+        |input: &[u8]| qwen2_with_stdin(&["chat", "-m", model.to_str().unwrap(), "-n", "2"], input);
     let ok = chat(b"Hi!\n/help\n/bye\nnever sent\n");
     let err = String::from_utf8_lossy(&ok.stderr);
     assert!(ok.status.success(), "{err}");

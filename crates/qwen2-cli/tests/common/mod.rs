@@ -1,8 +1,9 @@
 //! Helpers shared by the CLI test binaries.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -63,4 +64,17 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .collect();
     assert_eq!(values.len(), shape.iter().product::<usize>());
     (shape, values)
+}
+
+/// Runs `qwen2 args` with `input` on its standard input (a pipe).
+pub fn qwen2_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen2"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
