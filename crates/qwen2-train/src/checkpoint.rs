@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::Tensor;
 use burn::tensor::FloatDType;
-use qwen2_core::model::{WeightKind, WeightMut};
+use qwen2_core::model::WeightMut;
 use qwen2_core::weights::Checkpoint as Safetensors;
 use serde_json::{json, Value};
 
 use crate::anomaly::GradProbe;
 use crate::error::{Result, TrainError};
 use crate::save::{write_atomic, SafetensorsWriter};
-use crate::trainer::Trainer;
+use crate::trainer::{is_trained, Trainer};
 
 const STATE: &str = "trainer_state.json";
 const PARAMS: &str = "params.safetensors";
@@ -66,11 +66,11 @@ pub fn save<B: GradProbe>(t: &mut Trainer<B>) -> Result<PathBuf> {
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     let state =
         json!({"format": 1, "step": t.steps_done(), "state": t.state, "run": fingerprint(t)});
+    let full = t.options().lora.is_none();
     let (model, params, _) = t.parts_mut();
-    let lora = params.first().is_some_and(|(n, _)| n.contains(".lora_"));
     let mut weights = SafetensorsWriter::default();
     model.visit_weights(&mut |name, kind, w| {
-        if (kind == WeightKind::Base) == lora {
+        if !is_trained(kind, full) {
             return;
         }
         match w {
@@ -171,12 +171,12 @@ pub fn restore<B: GradProbe>(t: &mut Trainer<B>, dir: &Path) -> Result<()> {
     let weights = Safetensors::open_file(found.join(PARAMS))?;
     let opt = Safetensors::open_file(found.join(OPTIMIZER))?;
     let device = t.model().device().clone();
+    let full = t.options().lora.is_none();
     let (model, params, done) = t.parts_mut();
-    let lora = params.first().is_some_and(|(n, _)| n.contains(".lora_"));
     let mut failure = None;
     let mut i = 0;
     model.visit_weights(&mut |name, kind, w| {
-        if (kind == WeightKind::Base) == lora || failure.is_some() {
+        if !is_trained(kind, full) || failure.is_some() {
             return;
         }
         let load = |n: &str, shape: &[usize]| {

@@ -27,6 +27,11 @@ use crate::run::{check_options, check_writable};
 use crate::scaler::LossScaler;
 use crate::{checkpoint, lora};
 
+/// Whether a weight of `kind` is trained: base weights in full fine-tuning, adapters under LoRA.
+pub(crate) fn is_trained(kind: WeightKind, full: bool) -> bool {
+    (kind == WeightKind::Base) == full
+}
+
 /// One flattened f32 gradient per trained tensor (`None` where a tensor got none).
 pub type Grads<B> = Vec<Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>>;
 
@@ -114,7 +119,7 @@ impl<B: GradProbe> Trainer<B> {
         let mut params = Vec::new();
         let mut half_master = None;
         model.visit_weights(&mut |name, kind, w| {
-            if (kind == WeightKind::Base) != full {
+            if !is_trained(kind, full) {
                 return;
             }
             let (numel, dtype) = match w {
@@ -302,7 +307,7 @@ impl<B: GradProbe> Trainer<B> {
             }
             let mut i = 0;
             self.model.visit_weights(&mut |_, kind, w| {
-                if (kind == WeightKind::Base) != self.opts.lora.is_none() {
+                if !is_trained(kind, self.opts.lora.is_none()) {
                     return;
                 }
                 let g = match w {
@@ -423,7 +428,7 @@ impl<B: GradProbe> Trainer<B> {
         let params = &mut self.params;
         let mut i = 0;
         self.model.visit_weights(&mut |name, kind, w| {
-            if (kind == WeightKind::Base) != full {
+            if !is_trained(kind, full) {
                 return;
             }
             debug_assert_eq!(params[i].0, name);
