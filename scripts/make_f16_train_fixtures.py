@@ -354,6 +354,90 @@ def grad_probe(base_dir, records, scale, f16=True, step=0, micro_batch=0):
     return fired
 
 
+def module_hook_probe(base_dir, records, scale, step=0, micro_batch=0):
+    """The same backward as grad_probe, watched the way torch users watch modules: HF's own
+    Qwen2ForCausalLM, each module at an observation site given a register_full_backward_hook that
+    records its grad_output. The f16-scaled casts go in by replacing those modules' forward (and the
+    attention's, which also applies the mask and RoPE as forward_logits does); the module tree, the
+    decoder layers' residual adds and the hooks are HF's and torch's. Returns the per-module records
+    in firing (backward) order; residual_add.self_attn is no module, so it has no hook here."""
+    assert step == 0, "the weights for a later step would need the training run up to it"
+    model = load_base(base_dir)
+    micro = next(step_batches(records))
+    n_items = n_label_tokens(micro)
+    ids, labels, mask = micro[micro_batch]
+    cfg = model.config
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
+    b, s = ids.shape
+    c16 = lambda t: t.to(torch.float16)  # noqa: E731
+    cos, sin = rope_tables(model, s)
+    keep = torch.tril(torch.ones(s, s, dtype=torch.bool))[None, None] & mask.bool()[:, None, None, :]
+    add_mask = torch.zeros(b, 1, s, s).masked_fill(~keep, float("-inf"))
+    embed_w = model.model.embed_tokens.weight
+
+    def norm_forward(norm):
+        def forward(x):
+            xf = x.float()
+            return c16(xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)) * c16(norm.weight)
+        return forward
+
+    def f16_linear(lin):
+        def forward(h):
+            y = h @ c16(lin.weight).T
+            return y + c16(lin.bias) if lin.bias is not None else y
+        return forward
+
+    def f32_linear(lin):
+        return lambda h: h.float() @ lin.weight.T
+
+    def attention(at):
+        def forward(hidden_states, *args, **kwargs):
+            q = at.q_proj(hidden_states).float().view(b, s, nh, hd).transpose(1, 2)
+            k = at.k_proj(hidden_states).float().view(b, s, nkv, hd).transpose(1, 2)
+            v = at.v_proj(hidden_states).view(b, s, nkv, hd).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = (k * cos + rotate_half(k) * sin).repeat_interleave(nh // nkv, dim=1)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+            probs = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(hd) + add_mask, dim=-1)
+            out = (c16(probs) @ c16(v)).transpose(1, 2).reshape(b, s, nh * hd)
+            return at.o_proj(out), None
+        return forward
+
+    for layer in model.model.layers:
+        at, mlp = layer.self_attn, layer.mlp
+        for lin in (at.q_proj, at.k_proj, at.v_proj, mlp.gate_proj, mlp.up_proj):
+            lin.forward = f16_linear(lin)
+        at.o_proj.forward = f32_linear(at.o_proj)
+        mlp.down_proj.forward = f32_linear(mlp.down_proj)
+        at.forward = attention(at)
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norm.forward = norm_forward(norm)
+    model.model.norm.forward = norm_forward(model.model.norm)
+    model.lm_head.forward = lambda h: (h @ c16(embed_w).T).float()
+
+    fired = []
+    sites = set(site_names(cfg.num_hidden_layers))
+    hooked = []
+    for name, module in model.named_modules():
+        if name in sites:
+            module.register_full_backward_hook(
+                lambda _m, _gi, go, name=name: fired.append(grad_stats(name, go[0])))
+            hooked.append(name)
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+    check = micro_loss(model, ids, labels, mask, n_items, f16=True)
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                         reduction="sum", ignore_index=IGNORE)
+    li = ce / n_items
+    li_, check_ = float(li.detach()), float(check.detach())
+    assert abs(li_ - check_) <= 1e-6 * abs(check_), (li_, check_)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_factor=GROWTH_FACTOR,
+                                  backoff_factor=BACKOFF_FACTOR, growth_interval=GROWTH_INTERVAL)
+    scaler.scale(li).backward()
+    assert sorted(r["site"] for r in fired) == sorted(hooked), ("every hook fires once", fired)
+    return fired
+
+
 def anomaly_report(sites, step, scale, micro_batch):
     first = None
     peak = 0.0
@@ -425,6 +509,17 @@ def main():
     first = anomaly["first_nonfinite"]
     if first is None:
         raise SystemExit("step 0, micro-batch 0 at the initial scale did not overflow")
+    modules = module_hook_probe(base_dir, records, INIT_SCALE)
+    first_module = next((r for r in modules if r["nan"] or r["inf"]), None)
+    anomaly["module_hooks"] = {
+        "hook": "register_full_backward_hook (grad_output) on HF's modules",
+        "order": [r["site"] for r in modules],
+        "first_nonfinite": first_module and {k: first_module[k] for k in ("site", "dtype", "nan", "inf")},
+    }
+    print(f"  register_full_backward_hook on HF's modules: first non-finite grad_output at "
+          f"{first_module and first_module['site']} (tensor hooks: {first['site']})")
+    if first_module is None or first_module["site"] != first["site"]:
+        raise SystemExit("module hooks and tensor hooks disagree on the first non-finite site")
     unscaled = grad_probe(base_dir, records, 1.0)
     f32_zeros = zeros_fraction(grad_probe(base_dir, records, 1.0, f16=False))
     anomaly_unscaled = {
