@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sampling: SamplingParams::greedy(),
         eos_token_ids: model.config().eos_token_ids.clone(),
         monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
+        ..GenerateOptions::greedy(0)
     };
     let out = generate(&model, &ids, &opts, |id| print!("{id} "))?;
     if let Some(rate) = out.decode_tokens_per_s() {

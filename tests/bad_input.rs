@@ -311,6 +311,7 @@ fn prompt_longer_than_context_is_refused() {
         sampling: SamplingParams::greedy(),
         eos_token_ids: vec![],
         monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
+        ..GenerateOptions::greedy(0)
     };
     let e = generate(&model, &vec![1u32; 250], &opts, |_| {}).unwrap_err();
     assert!(matches!(e, Error::ContextOverflow { .. }), "{e:?}");

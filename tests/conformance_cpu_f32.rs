@@ -83,6 +83,7 @@ fn greedy_ids_equal_hf_generate() {
             sampling: SamplingParams::greedy(),
             eos_token_ids: vec![],
             monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
+            ..GenerateOptions::greedy(0)
         };
         let mut streamed = Vec::new();
         let out = generate(&model, &g.prompt_ids, &opts, |id| streamed.push(id)).unwrap();
@@ -133,6 +134,7 @@ fn generation_stops_at_eos() {
         sampling: SamplingParams::greedy(),
         eos_token_ids: vec![eos],
         monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
+        ..GenerateOptions::greedy(0)
     };
     let out = generate(&model, &g.prompt_ids, &opts, |_| {}).unwrap();
     let first = g.greedy_ids.iter().position(|&i| i == eos).unwrap();
@@ -151,6 +153,7 @@ fn seeded_sampling_is_reproducible() {
             sampling: SamplingParams::temperature(1.5, seed),
             eos_token_ids: vec![],
             monitor: Some(qwen2_burn::core::monitor::MonitorMode::Cheap),
+            ..GenerateOptions::greedy(0)
         };
         generate(&model, &g.prompt_ids, &opts, |_| {}).unwrap().ids
     };

@@ -197,7 +197,7 @@ static F16_TABLE: PolicyTable = PolicyTable {
     backend: "test",
     rules: &[Rule {
         name: "always-f16",
-        applies: |_| true,
+        applies: |_, _| true,
         policy: Policy::F16,
         reason: "test",
     }],

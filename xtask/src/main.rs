@@ -8,6 +8,8 @@
 //!   bench-model --out DIR       a Qwen2-0.5B-shaped random bf16 model (~1 GB) for benchmarks
 //!   bench-train --model DIR     fine-tuning tokens/s and peak memory per precision (and
 //!                               HF transformers + peft with --pytorch)
+//!   bench-serve --model DIR     `qwen2 serve` aggregate tokens/s, time to first token and
+//!                               inter-token latency at 1, 4, 8 concurrent streaming clients
 //!   gpu-check [--out FILE]      on a machine with an NVIDIA GPU: build with cuda+wgpu, print
 //!                               `doctor`, run the conformance suite on CUDA for every policy,
 //!                               a short decode benchmark per policy; report to FILE
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod bench_serve;
 mod bench_train;
 mod gpu_check;
 
@@ -31,6 +34,7 @@ fn usage() -> ExitCode {
          bench --model DIR [--backend cpu,wgpu] [--precision auto,f32,bf16] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE] [--pytorch]\n  \
          bench-model --out DIR      Qwen2-0.5B-shaped random bf16 model for benchmarks (~1 GB)\n  \
          bench-train --model DIR [--lora] [--precision f32,bf16] [--seq-len 256] [--batch-size 1] [--steps 5] [--pytorch] [--json FILE]\n  \
+         bench-serve --model DIR [--clients 1,4,8] [--prompt-len 128] [--gen 64] [--rounds 2] [--precision auto] [--json FILE]\n  \
          gpu-check [--out FILE]     CUDA doctor + conformance + short benchmark (default report: gpu-check-report.md)\n\n\
          fixtures needs: pip install torch transformers tokenizers peft safetensors numpy, and npm"
     );
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
         }
         Some("bench") => bench::run(&root(), &args[1..]),
         Some("bench-train") => bench_train::run(&root(), &args[1..]),
+        Some("bench-serve") => bench_serve::run(&root(), &args[1..]),
         Some("bench-model") => match (args.get(1).map(String::as_str), args.get(2)) {
             (Some("--out"), Some(dir)) => run_python(
                 "scripts/make_bench_model.py",

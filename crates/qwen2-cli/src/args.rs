@@ -56,6 +56,9 @@ pub enum Command {
     Finetune(Box<FinetuneArgs>),
     /// Fold a LoRA adapter into its base model and write an HF model directory.
     Merge(MergeArgs),
+    /// Serve the model over HTTP with OpenAI's API (/v1/chat/completions, /v1/completions,
+    /// /v1/models, /health, /metrics, /tokenize, /detokenize), batching concurrent requests.
+    Serve(Box<crate::serve_cmd::ServeArgs>),
     /// List the compiled backends, their devices, what the hardware probe found, and the
     /// precision plan `--precision auto` picks there, with the rule and reason.
     Doctor(DoctorArgs),
@@ -107,6 +110,12 @@ pub struct ModelArgs {
     /// Default: fallback with --precision auto, error otherwise.
     #[arg(long, value_enum)]
     pub on_nonfinite: Option<OnNonFinite>,
+
+    /// KV cache capacity in positions (prompt + reply), at most the model's context
+    /// [default: the model's context length]. Smaller means less memory; longer sequences end
+    /// with finish reason `length`.
+    #[arg(long, short = 'c', value_name = "N")]
+    pub ctx_size: Option<usize>,
 }
 
 /// Token selection and stopping; unset options take generation_config.json's values.

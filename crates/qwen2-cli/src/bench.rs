@@ -9,7 +9,7 @@ use qwen2_burn::core::sampling::argmax;
 use qwen2_burn::core::{LogitsFor, Platform, Policy, Qwen2Model};
 
 use crate::args::BenchArgs;
-use crate::commands::{device_of, resolve, CliResult};
+use crate::model_setup::{load, loader, CliResult};
 
 /// Median, min and max of samples.
 fn stats(samples: &[f64]) -> serde_json::Value {
@@ -135,12 +135,12 @@ fn host_logits<B: burn::prelude::Backend>(
 }
 
 pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
-    let device = device_of::<P>()?;
-    let (resolved, _) = resolve::<P>(&a.model, &device)?;
-    let policy: Policy = resolved.policy;
+    let loader = loader::<P>(&a.model)?;
+    let device = loader.device().clone();
+    let policy: Policy = loader.resolved().policy;
     let rss_before = proc_status_bytes("VmRSS:");
     let t = Instant::now();
-    let model = crate::commands::load::<P>(&a.model, policy, &device)?;
+    let model = load(&loader, policy)?;
     let load_s = t.elapsed().as_secs_f64();
     let prompt = prompt_ids(&a, model.config().vocab_size)?;
     let needed = prompt.len() + a.gen;
@@ -220,5 +220,43 @@ pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
         "decode_bound_tok_s": read_bandwidth / weight_bytes,
     });
     println!("{report}");
+    eprintln!("{}", summary(&report));
     Ok(())
+}
+
+/// The JSON report as lines a person reads (stderr; the JSON line stays on stdout).
+fn summary(r: &serde_json::Value) -> String {
+    let med = |k: &str| r[k]["median"].as_f64().unwrap_or(f64::NAN);
+    let range = |k: &str| {
+        format!(
+            "{:.1} (min {:.1}, max {:.1})",
+            med(k),
+            r[k]["min"].as_f64().unwrap_or(f64::NAN),
+            r[k]["max"].as_f64().unwrap_or(f64::NAN)
+        )
+    };
+    let mb = |k: &str| r[k].as_f64().map(|b| b / 1e6);
+    let mut out = format!(
+        "{} backend, {} plan, {} threads: {}-token prompt, {} generated, {} repetitions\n  \
+         load            {:.2} s\n  prefill         {} tok/s\n  first token     {:.0} ms\n  \
+         decode          {} tok/s (memory-bandwidth bound {:.1} tok/s)",
+        r["backend"].as_str().unwrap_or("?"),
+        r["precision"].as_str().unwrap_or("?"),
+        r["threads"],
+        r["prompt_tokens"],
+        r["gen_tokens"],
+        r["reps"],
+        r["load_s"].as_f64().unwrap_or(f64::NAN),
+        range("prefill_tok_s"),
+        med("ttft_ms"),
+        range("decode_tok_s"),
+        r["decode_bound_tok_s"].as_f64().unwrap_or(f64::NAN),
+    );
+    if let (Some(peak), Some(ratio)) = (mb("peak_rss_bytes"), r["peak_rss_over_weights"].as_f64()) {
+        out += &format!("\n  peak memory     {peak:.0} MB ({ratio:.2}x the weights)");
+    }
+    if let Some(reserved) = r["device_memory"]["bytes_reserved"].as_f64() {
+        out += &format!("\n  device memory   {:.0} MB reserved", reserved / 1e6);
+    }
+    out
 }

@@ -3,31 +3,33 @@
 use std::io::IsTerminal;
 
 use qwen2_burn::core::chat::{ChatOptions, ChatSession, ChatTurn};
-use qwen2_burn::core::fallback::{is_nonfinite, run_with_fallback};
+use qwen2_burn::core::fallback::is_nonfinite;
+use qwen2_burn::core::generate::GenerateOptions;
 use qwen2_burn::core::text::{ChatTemplate, Message, TextTokenizer};
-use qwen2_burn::core::{Platform, Policy};
+use qwen2_burn::core::Platform;
 
 use crate::args::{ChatArgs, RunArgs, SamplingArgs};
 use crate::chat_input::{ChatInput, Read};
-use crate::commands::{
-    device_of, fallback_json, load, print_flush, report_fallbacks, resolve, CliResult,
+use crate::model_setup::{
+    fallback_json, load, loader, plan_note, prefill_progress, print_flush, rate_text,
+    report_fallbacks, CliResult,
 };
 use crate::options::{chat_end_ids, generate_options, model_tokenizer};
 
 /// Replies are capped at this many tokens unless told otherwise.
 const DEFAULT_REPLY_TOKENS: usize = 512;
 
-fn turn_stats(turn: &ChatTurn, policy: Policy) -> String {
+fn turn_stats(turn: &ChatTurn, plan: &str) -> String {
     let g = &turn.generation;
     format!(
-        "{} tokens, finish reason {} ({} plan); prefilled {} new tokens{}, reused {} cached{}",
+        "{} tokens, finish reason {} ({}); prefilled {} new tokens{}, reused {} cached{}",
         g.ids.len(),
         g.finish_reason(),
-        policy,
+        plan,
         turn.prefilled_tokens,
-        crate::commands::rate_text(" at", g.prefill_tokens_per_s()),
+        rate_text(" at", g.prefill_tokens_per_s()),
         turn.reused_tokens,
-        crate::commands::rate_text("; decode", g.decode_tokens_per_s())
+        rate_text("; decode", g.decode_tokens_per_s())
     )
 }
 
@@ -40,12 +42,15 @@ fn chat_setup(
     let tokenizer = model_tokenizer(dir, command)?;
     let template = ChatTemplate::from_model_dir(dir)?;
     let opts = ChatOptions {
-        generate: generate_options(
-            sampling,
-            dir,
-            &chat_end_ids(&tokenizer),
-            DEFAULT_REPLY_TOKENS,
-        )?,
+        generate: GenerateOptions {
+            prefill_progress: prefill_progress(),
+            ..generate_options(
+                sampling,
+                dir,
+                &chat_end_ids(&tokenizer),
+                DEFAULT_REPLY_TOKENS,
+            )?
+        },
         stop_strings: sampling.stop.clone(),
         template_vars: Default::default(),
         cancel: None,
@@ -56,13 +61,12 @@ fn chat_setup(
 pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
     let prompt = crate::options::prompt_text(&a.prompt)?
         .ok_or("give the message as --prompt, --prompt-file, a positional argument or on stdin")?;
-    let device = device_of::<P>()?;
-    let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
+    let loader = loader::<P>(&a.model)?;
     let (tokenizer, template, opts) = chat_setup(&a.model.model, &a.sampling, "qwen2 run")?;
     // Stream only when no fallback can restart the reply halfway.
-    let stream = !a.json && (!fallback || resolved.fallbacks.is_empty());
-    let outcome = run_with_fallback(&resolved, fallback, |policy| {
-        let model = load::<P>(&a.model, policy, &device)?;
+    let stream = !a.json && !loader.may_restart();
+    let outcome = loader.run(|policy| {
+        let model = load(&loader, policy)?;
         let mut session = ChatSession::new(&model, &tokenizer, &template, a.system.as_deref());
         session.send(&prompt, &opts, |text| {
             if stream {
@@ -98,7 +102,19 @@ pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
             print!("{}", turn.reply);
         }
         println!();
-        eprintln!("[{}]", turn_stats(turn, outcome.policy));
+        eprintln!(
+            "[{}]",
+            turn_stats(turn, &plan_note(&loader, outcome.policy))
+        );
+    }
+    if let Some(n) = a.sampling.max_new_tokens.filter(|&n| n > g.ids.len()) {
+        if g.finish_reason() == "length" {
+            eprintln!(
+                "warning: --max-new-tokens {n} capped: the reply stopped after {} tokens at the \
+                 context limit",
+                g.ids.len()
+            );
+        }
     }
     Ok(())
 }
@@ -141,16 +157,11 @@ enum ChatEnd {
 }
 
 pub fn chat_cmd<P: Platform>(a: ChatArgs) -> CliResult {
-    let device = device_of::<P>()?;
-    let (resolved, fallback) = resolve::<P>(&a.model, &device)?;
+    let loader = loader::<P>(&a.model)?;
     let (tokenizer, template, opts) = chat_setup(&a.model.model, &a.sampling, "qwen2 chat")?;
     let interactive = std::io::stdin().is_terminal();
-    let mut policies = std::iter::once(resolved.policy).chain(if fallback {
-        resolved.fallbacks.clone()
-    } else {
-        Vec::new()
-    });
-    let mut policy = policies.next().unwrap_or(resolved.policy);
+    let mut policies = loader.chain().into_iter();
+    let mut policy = policies.next().unwrap_or(loader.resolved().policy);
     let mut messages: Vec<Message> = a
         .system
         .as_deref()
@@ -170,13 +181,13 @@ pub fn chat_cmd<P: Platform>(a: ChatArgs) -> CliResult {
         );
     }
     loop {
-        let model = load::<P>(&a.model, policy, &device)?;
+        let model = load(&loader, policy)?;
         let mut session = ChatSession::with_messages(&model, &tokenizer, &template, messages);
         let end = chat_loop(
             &mut session,
             &mut input,
             &opts,
-            policy,
+            &plan_note(&loader, policy),
             pending.take(),
             a.system.as_deref(),
         )?;
@@ -209,7 +220,7 @@ fn chat_loop<B: burn::prelude::Backend>(
     session: &mut ChatSession<'_, B>,
     input: &mut ChatInput,
     opts: &ChatOptions,
-    policy: Policy,
+    plan: &str,
     mut pending: Option<String>,
     system: Option<&str>,
 ) -> CliResult<ChatEnd> {
@@ -266,7 +277,7 @@ fn chat_loop<B: burn::prelude::Backend>(
                 {
                     eprintln!("(reply interrupted with Ctrl-C; the partial reply stays in the conversation)");
                 }
-                eprintln!("[{}]", turn_stats(&turn, policy));
+                eprintln!("[{}]", turn_stats(&turn, plan));
             }
             Err(error) if is_nonfinite(&error) => {
                 return Ok(ChatEnd::NonFinite {

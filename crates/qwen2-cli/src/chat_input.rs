@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use rustyline::error::ReadlineError;
 use rustyline::{Cmd, DefaultEditor, KeyCode, KeyEvent, Modifiers};
 
-use crate::commands::CliResult;
+use crate::model_setup::CliResult;
 
 /// One read from the user.
 pub enum Read {

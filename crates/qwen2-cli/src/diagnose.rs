@@ -5,10 +5,11 @@ use qwen2_burn::core::monitor::dtype_max;
 use qwen2_burn::core::Platform;
 
 use crate::args::DiagnoseArgs;
-use crate::commands::{device_of, CliResult};
+use crate::model_setup::CliResult;
+use qwen2_burn::core::engine::first_device;
 
 pub fn diagnose_cmd<P: Platform>(a: DiagnoseArgs) -> CliResult {
-    let device = device_of::<P>()?;
+    let device = first_device::<P>()?;
     let hw = P::probe(&device);
     let d = diagnose::<P::B>(&a.model, &device, hw, &a.ids)?;
     if let Some(path) = &a.chart {

@@ -1,10 +1,10 @@
 //! `qwen2 doctor`: every compiled backend, its devices, what the probe saw, and the plan `auto`
 //! picks with the rule and reason behind it.
 
-use qwen2_burn::core::precision::{can_run, Choice};
+use qwen2_burn::core::precision::{can_run, Choice, ModelFacts};
 use qwen2_burn::core::{Platform, Policy};
 
-use crate::commands::CliResult;
+use crate::model_setup::CliResult;
 
 /// The report of one backend.
 pub fn backend_report<P: Platform>() -> serde_json::Value {
@@ -15,6 +15,14 @@ pub fn backend_report<P: Platform>() -> serde_json::Value {
         .map(|d| {
             let hw = P::probe(d);
             let auto = table.select(&hw, Choice::Auto);
+            // Some tables follow the checkpoint's dtype: show the bf16 pick when it differs.
+            let bf16 = ModelFacts {
+                checkpoint_dtype: Some("bfloat16".into()),
+            };
+            let auto_bf16 = table
+                .select_for(&hw, &bf16, Choice::Auto)
+                .ok()
+                .filter(|b| auto.as_ref().map_or(true, |a| a.rule != b.rule));
             let policies: serde_json::Map<String, serde_json::Value> = Policy::ALL
                 .iter()
                 .map(|p| {
@@ -40,6 +48,11 @@ pub fn backend_report<P: Platform>() -> serde_json::Value {
                     }),
                     Err(e) => serde_json::json!({"error": e.to_string()}),
                 },
+                "auto_bf16_checkpoint": auto_bf16.map(|r| serde_json::json!({
+                    "precision": r.policy.name(),
+                    "rule": r.rule,
+                    "reason": r.reason,
+                })),
                 "policies": policies,
                 "training_auto": match table.select_training(&hw, None) {
                     Ok(r) => serde_json::json!({
@@ -83,8 +96,13 @@ pub fn print(reports: &[serde_json::Value], json: bool) -> CliResult {
             let auto = &d["auto"];
             match auto["precision"].as_str() {
                 Some(p) => {
+                    let which = if d["auto_bf16_checkpoint"].is_null() {
+                        ""
+                    } else {
+                        "; weights stored in f32 or f16"
+                    };
                     println!(
-                        "    auto -> {p} (rule {})",
+                        "    auto -> {p} (rule {}{which})",
                         auto["rule"].as_str().unwrap_or("-")
                     );
                     println!("    why: {}", auto["reason"].as_str().unwrap_or(""));
@@ -107,6 +125,14 @@ pub fn print(reports: &[serde_json::Value], json: bool) -> CliResult {
                     "    auto -> error: {}",
                     auto["error"].as_str().unwrap_or("?")
                 ),
+            }
+            let b = &d["auto_bf16_checkpoint"];
+            if let Some(p) = b["precision"].as_str() {
+                println!(
+                    "    auto with a bf16 checkpoint -> {p} (rule {}): {}",
+                    b["rule"].as_str().unwrap_or("-"),
+                    b["reason"].as_str().unwrap_or("")
+                );
             }
             let train = &d["training_auto"];
             match train["precision"].as_str() {

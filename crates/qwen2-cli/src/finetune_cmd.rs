@@ -14,7 +14,8 @@ use qwen2_train::{
 };
 
 use crate::args::{FinetuneArgs, MergeArgs};
-use crate::commands::{device_of, CliResult};
+use crate::model_setup::CliResult;
+use qwen2_burn::core::engine::first_device;
 
 /// Set by SIGINT: the trainer saves a checkpoint after the current step and stops.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -141,7 +142,7 @@ impl Progress {
 
 /// `qwen2 finetune`.
 pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
-    let device = device_of::<P>()?;
+    let device = first_device::<P>()?;
     let hw = P::probe(&device);
     let choice = match a.precision.as_str() {
         "auto" => None,
@@ -296,7 +297,7 @@ pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
 /// `qwen2 merge`: base + adapter → an HF model directory with `W + scale · B A` in each
 /// adapted projection.
 pub fn merge_cmd<P: Platform>(a: MergeArgs) -> CliResult {
-    let device = device_of::<P>()?;
+    let device = first_device::<P>()?;
     let mut model = Qwen2Model::<P::B>::load(&a.model, PrecisionPlan::F32, &device)?;
     let adapter = Adapter::open(&a.adapter)?;
     let adapted = adapter.attach(&mut model, FloatDType::F32)?;

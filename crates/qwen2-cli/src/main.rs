@@ -9,8 +9,11 @@ mod commands;
 mod diagnose;
 mod doctor;
 mod finetune_cmd;
+mod generate_cmd;
+mod model_setup;
 mod npy;
 mod options;
+mod serve_cmd;
 mod text_cmds;
 
 use std::process::ExitCode;

@@ -2,76 +2,50 @@
 
 use std::path::Path;
 
+use qwen2_burn::core::engine::{self, GenerationRequest};
 use qwen2_burn::core::generate::GenerateOptions;
-use qwen2_burn::core::monitor::MonitorMode;
-use qwen2_burn::core::text::{GenerationConfig, SamplingOverrides, TextTokenizer};
+use qwen2_burn::core::text::{GenerationConfig, TextTokenizer};
 use qwen2_burn::core::Qwen2Config;
 
 use crate::args::SamplingArgs;
-use crate::commands::CliResult;
-
-/// A seed for a run without `--seed`: the clock's nanoseconds mixed with the process id, so
-/// two runs in the same second differ.
-fn fresh_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let seed = nanos ^ (u64::from(std::process::id()) << 32);
-    tracing::info!(seed, "no --seed: sampling with a fresh seed");
-    seed
-}
+use crate::model_setup::CliResult;
 
 /// Sampling, token budget and eos ids: the flags where given, else `generation_config.json`,
-/// else `config.json` (eos) and `default_max_new_tokens`. `extra_eos` (such as the chat
-/// template's `<|im_end|>`) is added to the eos ids unless `--eos` is given.
+/// else `config.json` (eos) and `default_max_new_tokens` (the library's
+/// [`engine::generate_options`]). `extra_eos` (such as the chat template's `<|im_end|>`) is
+/// added to the eos ids unless `--eos` is given.
 pub fn generate_options(
     s: &SamplingArgs,
     dir: &Path,
     extra_eos: &[u32],
     default_max_new_tokens: usize,
 ) -> CliResult<GenerateOptions> {
-    let gen_config = GenerationConfig::from_model_dir(dir)?;
-    let sampling = gen_config.sampling(&SamplingOverrides {
+    let generation = GenerationConfig::from_model_dir(dir)?;
+    let config_eos = match generation.eos_token_id {
+        Some(_) => Vec::new(),
+        None => Qwen2Config::from_file(dir.join("config.json"))?.eos_token_ids,
+    };
+    let request = GenerationRequest {
         temperature: s.temperature,
         top_k: s.top_k,
         top_p: s.top_p,
         min_p: s.min_p,
         repetition_penalty: s.repetition_penalty,
-        seed: s.seed.unwrap_or_else(fresh_seed),
-    });
-    sampling
-        .validate()
-        .map_err(|e| format!("--{e}").replace('_', "-"))?;
-    let eos_token_ids = match &s.eos {
-        Some(ids) => ids.clone(),
-        None => {
-            let mut ids = match &gen_config.eos_token_id {
-                Some(ids) => ids.clone(),
-                None => Qwen2Config::from_file(dir.join("config.json"))?.eos_token_ids,
-            };
-            for id in extra_eos {
-                if !ids.contains(id) {
-                    ids.push(*id);
-                }
-            }
-            ids
-        }
+        seed: s.seed,
+        max_new_tokens: s.max_new_tokens,
+        eos: s.eos.clone(),
     };
-    let max_new_tokens = s
-        .max_new_tokens
-        .or(gen_config.max_new_tokens)
-        .unwrap_or(default_max_new_tokens);
-    tracing::info!(
-        ?sampling,
-        ?eos_token_ids,
-        max_new_tokens,
-        "generation settings"
-    );
-    Ok(GenerateOptions {
-        max_new_tokens,
-        sampling,
-        eos_token_ids,
-        monitor: Some(MonitorMode::Cheap),
+    engine::generate_options(
+        &generation,
+        &config_eos,
+        &request,
+        extra_eos,
+        default_max_new_tokens,
+    )
+    .map_err(|e| match e {
+        // A bad sampling value names its flag.
+        qwen2_burn::core::Error::Invalid(m) => format!("--{m}").replace('_', "-").into(),
+        e => e.into(),
     })
 }
 
@@ -80,13 +54,7 @@ pub fn model_tokenizer(dir: &Path, why: &str) -> CliResult<TextTokenizer> {
     TextTokenizer::from_model_dir(dir).map_err(|e| format!("{why} needs a tokenizer: {e}").into())
 }
 
-/// The ids of the ChatML turn markers the tokenizer has, as extra eos ids for chat.
-pub fn chat_end_ids(tokenizer: &TextTokenizer) -> Vec<u32> {
-    ["<|im_end|>", "<|endoftext|>"]
-        .iter()
-        .filter_map(|t| tokenizer.token_id(t))
-        .collect()
-}
+pub use engine::chat_end_ids;
 
 /// The text prompt of `run`/`generate`: `--prompt`, `--prompt-file` (`-` = stdin), the
 /// positional argument, or stdin when it is piped; `None` when none was given.

@@ -3,7 +3,7 @@
 use qwen2_burn::core::text::TextTokenizer;
 
 use crate::args::{DetokenizeArgs, TokenizeArgs, TokenizerSource};
-use crate::commands::CliResult;
+use crate::model_setup::CliResult;
 
 fn open(source: &TokenizerSource) -> CliResult<TextTokenizer> {
     Ok(match (&source.model, &source.tokenizer) {

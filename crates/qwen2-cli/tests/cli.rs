@@ -212,17 +212,6 @@ fn errors_are_messages_not_panics() {
         model,
         "--ids",
         "1",
-        "--max-new-tokens",
-        "300",
-    ]));
-    assert!(e.contains("context"), "{e}");
-
-    let e = assert_clean_failure(&qwen2(&[
-        "generate",
-        "--model",
-        model,
-        "--ids",
-        "1",
         "--temperature=-1",
     ]));
     assert!(e.contains("temperature"), "{e}");
@@ -356,7 +345,10 @@ fn fallback_reports_the_plan_it_used() {
         "--json",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["precision"], "f32", "the CPU table picks f32");
+    assert_eq!(
+        v["precision"], "bf16",
+        "the CPU table follows the checkpoint's bf16 weights"
+    );
 }
 
 #[test]
@@ -517,4 +509,66 @@ fn closed_pipes_bad_ids_missing_models_and_empty_rates_are_handled() {
         (Some(0), true),
         "{v}"
     );
+}
+
+/// `--max-new-tokens` past the context is capped there with a warning, and the run says it
+/// stopped at the limit; `--ctx-size` lowers that limit, and more than the model holds is an
+/// error.
+#[test]
+fn max_new_tokens_past_the_context_is_capped_with_a_warning() {
+    let model = fixture("tied-f32-gqa");
+    let model = model.to_str().unwrap();
+    let out = qwen2(&[
+        "generate", "--model", model, "--ids", "1,2", "-n", "300", "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: --max-new-tokens 300 capped to 255"),
+        "{stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["generated_tokens"], 255,
+        "2 prompt + 255 = 257 positions, the last never fed"
+    );
+    assert_eq!(v["finish_reason"], "length");
+
+    let out = qwen2(&[
+        "generate",
+        "--model",
+        model,
+        "--ids",
+        "1,2",
+        "-n",
+        "100",
+        "--ctx-size",
+        "40",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["generated_tokens"], 39);
+    assert_eq!(v["finish_reason"], "length");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("capped to 39"), "{stderr}");
+
+    let e = assert_clean_failure(&qwen2(&[
+        "generate",
+        "--model",
+        model,
+        "--ids",
+        "1",
+        "--ctx-size",
+        "1000",
+    ]));
+    assert!(e.contains("context size 1000") && e.contains("256"), "{e}");
 }

@@ -146,7 +146,10 @@ fn run_answers_with_the_chat_template_like_hf() {
     assert_eq!(a["ids"], b["ids"]);
     assert_eq!(a["generated_tokens"], 8);
     assert!(a["text"].is_string());
-    assert_eq!(a["precision"], "f32");
+    assert_eq!(
+        a["precision"], "bf16",
+        "auto on the CPU follows the bf16 checkpoint"
+    );
     // Sampling with generation_config.json's defaults and a seed is reproducible.
     let args = [
         "run",

@@ -25,16 +25,38 @@ pub struct GenerateOptions {
     /// Whenever a non-finite value shows up, the sequence is re-run with a full monitor to name
     /// the first op that overflowed.
     pub monitor: Option<MonitorMode>,
+    /// Prompt positions fed per forward pass (`None` or 0: the whole prompt at once). Chunks
+    /// bound the attention's memory, and let `prefill_progress` report on long prompts.
+    pub prefill_chunk: Option<usize>,
+    /// Called with (positions prefilled, positions to prefill): (0, n) when the prefill starts,
+    /// after each chunk, and (n, n) once the first token is chosen.
+    pub prefill_progress: Option<ProgressFn>,
+}
+
+/// The prefill chunk of [`GenerateOptions::greedy`] and of the CLI and server.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
+/// A progress callback `(done, total)`.
+#[derive(Clone)]
+pub struct ProgressFn(pub std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressFn")
+    }
 }
 
 impl GenerateOptions {
-    /// Greedy decoding of up to `max_new_tokens`, no eos, the cheap monitor on.
+    /// Greedy decoding of up to `max_new_tokens`, no eos, the cheap monitor on, the prompt
+    /// prefilled in chunks of [`DEFAULT_PREFILL_CHUNK`].
     pub fn greedy(max_new_tokens: usize) -> Self {
         GenerateOptions {
             max_new_tokens,
             sampling: SamplingParams::greedy(),
             eos_token_ids: Vec::new(),
             monitor: Some(MonitorMode::Cheap),
+            prefill_chunk: Some(DEFAULT_PREFILL_CHUNK),
+            prefill_progress: None,
         }
     }
 }
@@ -164,6 +186,9 @@ pub fn generate_in_cache<B: Backend>(
     let mut feed: Vec<u32> = input.to_vec();
     let mut monitor = opts.monitor.map(StabilityMonitor::<B>::new);
     for step in 0..opts.max_new_tokens {
+        if step == 0 {
+            prefill_ahead(model, cache, &mut feed, opts, monitor.as_mut())?;
+        }
         if cache.len() + feed.len() > context {
             tracing::info!(context, "context full: generation ends");
             break;
@@ -201,6 +226,9 @@ pub fn generate_in_cache<B: Backend>(
         };
         if step == 0 {
             prefill_time = start.elapsed();
+            if let Some(p) = &opts.prefill_progress {
+                (p.0)(input.len(), input.len());
+            }
         }
         ids.push(next);
         sequence.push(next);
@@ -230,4 +258,38 @@ pub fn generate_in_cache<B: Backend>(
         stopped_on_eos,
         stopped_by_caller,
     })
+}
+
+/// Feeds all but the last chunk of `feed` (the whole prompt at step 0) in chunks of
+/// `opts.prefill_chunk`, reporting progress; the step that samples the first token feeds the
+/// rest. A non-finite value in a chunk stays in the monitor and the KV cache, so that step
+/// sees it and names the op.
+fn prefill_ahead<B: Backend>(
+    model: &Qwen2Model<B>,
+    cache: &mut KvCache<B>,
+    feed: &mut Vec<u32>,
+    opts: &GenerateOptions,
+    mut monitor: Option<&mut StabilityMonitor<B>>,
+) -> Result<()> {
+    let (total, context) = (feed.len(), model.context_length());
+    if let Some(p) = &opts.prefill_progress {
+        (p.0)(0, total);
+    }
+    let Some(chunk) = opts.prefill_chunk.filter(|&c| c > 0) else {
+        return Ok(());
+    };
+    let mut done = 0;
+    while feed.len() > chunk {
+        let part: Vec<u32> = feed.drain(..chunk).collect();
+        cache.reserve(cache.len() + part.len(), context);
+        match monitor.as_deref_mut() {
+            Some(m) => model.forward_observed(&part, cache, LogitsFor::Last, m)?,
+            None => model.forward_observed(&part, cache, LogitsFor::Last, &mut NoObserver)?,
+        };
+        done += part.len();
+        if let Some(p) = &opts.prefill_progress {
+            (p.0)(done, total);
+        }
+    }
+    Ok(())
 }

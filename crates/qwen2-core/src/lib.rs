@@ -6,6 +6,7 @@ pub mod adapter;
 pub mod chat;
 pub mod config;
 pub mod diagnose;
+pub mod engine;
 pub mod error;
 pub mod fallback;
 pub mod generate;

@@ -151,6 +151,28 @@ impl Checkpoint {
         Some(&self.shards[i].tensors[name].shape)
     }
 
+    /// The dtype most of the checkpoint's values are stored in, by HF's name (`"bfloat16"`,
+    /// `"float32"`, `"float16"`, ...): what the model was saved as, whatever config.json says.
+    pub fn stored_dtype(&self) -> Option<&'static str> {
+        let mut elements: HashMap<&'static str, usize> = HashMap::new();
+        for shard in &self.shards {
+            for info in shard.tensors.values() {
+                let name = match info.dtype {
+                    Dtype::F32 => "float32",
+                    Dtype::BF16 => "bfloat16",
+                    Dtype::F16 => "float16",
+                    Dtype::F64 => "float64",
+                    _ => "other",
+                };
+                *elements.entry(name).or_default() += info.shape.iter().product::<usize>();
+            }
+        }
+        elements
+            .into_iter()
+            .max_by_key(|&(name, n)| (n, name))
+            .map(|(name, _)| name)
+    }
+
     /// Whether the checkpoint holds a tensor of that name.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)

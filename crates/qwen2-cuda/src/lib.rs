@@ -33,14 +33,14 @@ pub static CUDA_POLICY_TABLE: PolicyTable = PolicyTable {
     rules: &[
         Rule {
             name: "cuda-sm80-bf16",
-            applies: |hw| cc(hw) >= MIN_BF16_CC,
+            applies: |hw, _| cc(hw) >= MIN_BF16_CC,
             policy: Policy::Bf16,
             reason: "compute capability >= 8.0 (Ampere and newer: A100, RTX 30xx, H100): native bf16, \
                      the dtype Qwen2 was trained in, with f32's range",
         },
         Rule {
             name: "cuda-sm70-f16-safe",
-            applies: |hw| cc(hw) >= MIN_F16_TENSOR_CORE_CC,
+            applies: |hw, _| cc(hw) >= MIN_F16_TENSOR_CORE_CC,
             policy: Policy::F16Safe,
             reason: "compute capability 7.x (V100, T4, RTX 20xx): f16 tensor cores but no bf16; Qwen2's \
                      massive activations overflow plain f16, so the residual stream, norms and attention \
@@ -48,7 +48,7 @@ pub static CUDA_POLICY_TABLE: PolicyTable = PolicyTable {
         },
         Rule {
             name: "cuda-old-f32",
-            applies: |_| true,
+            applies: |_, _| true,
             policy: Policy::F32,
             reason: "compute capability below 7.0: no tensor cores and slow or no f16, so f32",
         },

@@ -21,13 +21,13 @@ pub static WGPU_POLICY_TABLE: PolicyTable = PolicyTable {
     rules: &[
         Rule {
             name: "wgpu-software-f32",
-            applies: |hw| hw.kind == DeviceKind::SoftwareGpu,
+            applies: |hw, _| hw.kind == DeviceKind::SoftwareGpu,
             policy: Policy::F32,
             reason: "software adapter (lavapipe/llvmpipe/SwiftShader): no speed to gain from f16, so the exact plan",
         },
         Rule {
             name: "wgpu-shader-f16",
-            applies: |hw| hw.supports_f16,
+            applies: |hw, _| hw.supports_f16,
             policy: Policy::F16Safe,
             reason: "hardware adapter with shader-f16 but no usable bf16 in burn's wgpu kernels: f16 weights and \
                      matmuls with the residual stream, norms and attention scores in f32 (Qwen2's massive \
@@ -35,7 +35,7 @@ pub static WGPU_POLICY_TABLE: PolicyTable = PolicyTable {
         },
         Rule {
             name: "wgpu-f32",
-            applies: |_| true,
+            applies: |_, _| true,
             policy: Policy::F32,
             reason: "adapter without shader-f16: f32 is the only plan it computes",
         },

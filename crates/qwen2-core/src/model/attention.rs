@@ -77,72 +77,165 @@ impl<B: Backend> Attention<B> {
         rope: &Rope<B>,
         plan: &PrecisionPlan,
     ) -> Tensor<B, 2> {
+        let q = self.q_proj.forward(x.clone(), plan.matmul);
+        let k = self.k_proj.forward(x.clone(), plan.matmul);
+        let v = self.v_proj.forward(x, plan.matmul);
+        let out = match cache {
+            Some(cache) if rows.batch() == 1 && !rows.is_padded() => {
+                self.attend_cached(q, k, v, start, layer, cache, rope, plan)
+            }
+            _ => self.attend_rows(q, k, v, rows, start, rope, plan),
+        };
+        self.o_proj.forward(out, plan.residual_projection)
+    }
+
+    /// One decode step for `caches.len()` sequences at once: `x` `[n, hidden]` holds one new
+    /// position per sequence (row `r` at position `caches[r].len()`) → `[n, hidden]` in the
+    /// residual-projection dtype. The projections run once over all rows (the weights are read
+    /// once); each row attends to its own cache, to which its keys/values are appended.
+    pub fn forward_decode(
+        &self,
+        x: Tensor<B, 2>,
+        layer: usize,
+        caches: &mut [&mut KvCache<B>],
+        rope: &Rope<B>,
+        plan: &PrecisionPlan,
+    ) -> Tensor<B, 2> {
+        let q = self.q_proj.forward(x.clone(), plan.matmul);
+        let k = self.k_proj.forward(x.clone(), plan.matmul);
+        let v = self.v_proj.forward(x, plan.matmul);
+        let row = |t: &Tensor<B, 2>, r: usize| {
+            let w = t.dims()[1];
+            t.clone().slice([r..r + 1, 0..w])
+        };
+        let outs: Vec<Tensor<B, 2>> = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(r, cache)| {
+                let start = cache.len();
+                self.attend_cached(
+                    row(&q, r),
+                    row(&k, r),
+                    row(&v, r),
+                    start,
+                    layer,
+                    cache,
+                    rope,
+                    plan,
+                )
+            })
+            .collect();
+        self.o_proj
+            .forward(Tensor::cat(outs, 0), plan.residual_projection)
+    }
+
+    /// One sequence against its cache: `q` `[seq, heads * head_dim]`, `k`/`v` `[seq, kv_heads *
+    /// head_dim]` (projected, not yet rotated) at positions `start..start + seq`; appends the
+    /// rotated keys and the values to `cache` for `layer` → `[seq, heads * head_dim]` in the
+    /// matmul dtype, ready for `o_proj`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_cached(
+        &self,
+        q: Tensor<B, 2>,
+        k: Tensor<B, 2>,
+        v: Tensor<B, 2>,
+        start: usize,
+        layer: usize,
+        cache: &mut KvCache<B>,
+        rope: &Rope<B>,
+        plan: &PrecisionPlan,
+    ) -> Tensor<B, 2> {
+        let seq = q.dims()[0];
+        let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        if let Some(kern) = self
+            .kernels
+            .as_ref()
+            .filter(|kern| kern.attention_supported(plan))
+        {
+            let split = |t: Tensor<B, 2>| t.reshape([seq, kvh, d]).swap_dims(0, 1);
+            let q = kern.rope(&q, h, &rope.cos, &rope.sin, start);
+            let k = kern.rope(&k, kvh, &rope.cos, &rope.sin, start);
+            let (keys, values) = cache.append(layer, split(k), split(v));
+            return kern.attention(&q, &keys, &values, start, plan);
+        }
+        let split = |t: Tensor<B, 2>, n: usize| t.reshape([1, seq, n, d]).swap_dims(1, 2);
+        let q = rope.apply(split(q, h), start);
+        let k = rope.apply(split(k, kvh), start);
+        let (keys, values) = cache.append(layer, k.squeeze_dim(0), split(v, kvh).squeeze_dim(0));
+        let rows = Batch::uniform(1, seq);
+        self.attention(
+            q,
+            keys.unsqueeze_dim(0),
+            values.unsqueeze_dim(0),
+            &rows,
+            start,
+            plan,
+        )
+    }
+
+    /// Rows without a cache (training, scoring): each row attends to its own keys, hiding
+    /// padding → `[batch * seq, heads * head_dim]` in the matmul dtype.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_rows(
+        &self,
+        q: Tensor<B, 2>,
+        k: Tensor<B, 2>,
+        v: Tensor<B, 2>,
+        rows: &Batch,
+        start: usize,
+        rope: &Rope<B>,
+        plan: &PrecisionPlan,
+    ) -> Tensor<B, 2> {
+        let (b, seq) = (rows.batch(), rows.seq());
+        let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let split = |t: Tensor<B, 2>, n: usize| t.reshape([b, seq, n, d]).swap_dims(1, 2);
+        let q = rope.apply(split(q, h), start);
+        let k = rope.apply(split(k, kvh), start);
+        self.attention(q, k, split(v, kvh), rows, start, plan)
+    }
+
+    /// Scaled dot-product attention: `q` `[b, heads, seq, d]` (rotated), `keys`/`values`
+    /// `[b, kv_heads, total, d]` → `[b * seq, heads * d]` in the matmul dtype, causal from
+    /// `start` and hiding each row's padding.
+    fn attention(
+        &self,
+        q: Tensor<B, 4>,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+        rows: &Batch,
+        start: usize,
+        plan: &PrecisionPlan,
+    ) -> Tensor<B, 2> {
         let (b, seq) = (rows.batch(), rows.seq());
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
         let rep = h / kvh;
-
-        let fused = self
-            .kernels
-            .as_ref()
-            .filter(|k| b == 1 && !rows.is_padded() && k.attention_supported(plan));
-        match (fused, cache) {
-            (Some(k), Some(cache)) => {
-                let split = |t: Tensor<B, 2>| t.reshape([seq, kvh, d]).swap_dims(0, 1);
-                let q = self.q_proj.forward(x.clone(), plan.matmul);
-                let q = k.rope(&q, h, &rope.cos, &rope.sin, start);
-                let key = self.k_proj.forward(x.clone(), plan.matmul);
-                let key = k.rope(&key, kvh, &rope.cos, &rope.sin, start);
-                let v = self.v_proj.forward(x, plan.matmul);
-                let (keys, values) = cache.append(layer, split(key), split(v));
-                let out = k.attention(&q, &keys, &values, start, plan);
-                self.o_proj.forward(out, plan.residual_projection)
-            }
-            (_, cache) => {
-                let split = |t: Tensor<B, 2>, n: usize| t.reshape([b, seq, n, d]).swap_dims(1, 2);
-                let q = split(self.q_proj.forward(x.clone(), plan.matmul), h);
-                let k = split(self.k_proj.forward(x.clone(), plan.matmul), kvh);
-                let v = split(self.v_proj.forward(x, plan.matmul), kvh);
-                let q = rope.apply(q, start);
-                let k = rope.apply(k, start);
-                let (keys, values) = match cache {
-                    Some(cache) => {
-                        let (keys, values) =
-                            cache.append(layer, k.squeeze_dim(0), v.squeeze_dim(0));
-                        (keys.unsqueeze_dim(0), values.unsqueeze_dim(0))
-                    }
-                    None => (k, v),
-                };
-                let total = keys.dims()[2];
-
-                // Group the `rep` query heads that share a kv head: [b, kvh, rep * seq, d].
-                let q = q
-                    .cast(plan.attention_scores)
-                    .reshape([b, kvh, rep * seq, d]);
-                let scale = 1.0 / (d as f64).sqrt();
-                let scores = q.matmul(keys.cast(plan.attention_scores).swap_dims(2, 3)) * scale;
-                let scores = if seq > 1 || rows.is_padded() {
-                    let mask = attention_mask::<B>(
-                        rows,
-                        rep,
-                        start,
-                        total,
-                        plan.attention_scores,
-                        &values.device(),
-                    );
-                    scores + mask
-                } else {
-                    scores
-                };
-                let probs = softmax(scores.cast(plan.softmax), 3);
-                let out = probs
-                    .cast(plan.matmul)
-                    .matmul(values.cast(plan.matmul))
-                    .reshape([b, h, seq, d])
-                    .swap_dims(1, 2)
-                    .reshape([b * seq, h * d]);
-                self.o_proj.forward(out, plan.residual_projection)
-            }
-        }
+        let total = keys.dims()[2];
+        // Group the `rep` query heads that share a kv head: [b, kvh, rep * seq, d].
+        let q = q
+            .cast(plan.attention_scores)
+            .reshape([b, kvh, rep * seq, d]);
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = q.matmul(keys.cast(plan.attention_scores).swap_dims(2, 3)) * scale;
+        let scores = if seq > 1 || rows.is_padded() {
+            let mask = attention_mask::<B>(
+                rows,
+                rep,
+                start,
+                total,
+                plan.attention_scores,
+                &values.device(),
+            );
+            scores + mask
+        } else {
+            scores
+        };
+        let probs = softmax(scores.cast(plan.softmax), 3);
+        probs
+            .cast(plan.matmul)
+            .matmul(values.cast(plan.matmul))
+            .reshape([b, h, seq, d])
+            .swap_dims(1, 2)
+            .reshape([b * seq, h * d])
     }
 }
 

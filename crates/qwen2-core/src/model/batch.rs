@@ -24,6 +24,15 @@ impl Batch {
         }
     }
 
+    /// `batch` unpadded rows of `seq` positions (the ids are left empty: for masks only).
+    pub fn uniform(batch: usize, seq: usize) -> Self {
+        Batch {
+            ids: Vec::new(),
+            lengths: vec![seq; batch],
+            seq,
+        }
+    }
+
     /// Rows of different lengths, right-padded with `pad_id` to the longest.
     pub fn new(rows: &[&[u32]], pad_id: u32) -> Result<Self> {
         if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {

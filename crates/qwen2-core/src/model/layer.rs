@@ -79,7 +79,39 @@ impl<B: Backend> DecoderLayer<B> {
         let attn = observe(obs, Site::layer(i, Op::AttentionOutput), attn);
         let x = x + attn.cast(plan.residual);
         let x = observe(obs, Site::layer(i, Op::AttentionResidual), x);
+        self.mlp_block(x, plan, obs)
+    }
 
+    /// One decode step of several sequences: `x` `[n, hidden]` (residual dtype), row `r` at
+    /// position `caches[r].len()` → the same, one layer on.
+    pub fn forward_decode(
+        &self,
+        x: Tensor<B, 2>,
+        caches: &mut [&mut KvCache<B>],
+        rope: &Rope<B>,
+        plan: &PrecisionPlan,
+        obs: &mut dyn Observer<B>,
+    ) -> Tensor<B, 2> {
+        let i = self.index;
+        let h = self
+            .input_layernorm
+            .forward(x.clone(), plan.norm, plan.matmul);
+        let h = observe(obs, Site::layer(i, Op::InputNorm), h);
+        let attn = self.self_attn.forward_decode(h, i, caches, rope, plan);
+        let attn = observe(obs, Site::layer(i, Op::AttentionOutput), attn);
+        let x = x + attn.cast(plan.residual);
+        let x = observe(obs, Site::layer(i, Op::AttentionResidual), x);
+        self.mlp_block(x, plan, obs)
+    }
+
+    /// The MLP half: post-attention norm, MLP, residual add.
+    fn mlp_block(
+        &self,
+        x: Tensor<B, 2>,
+        plan: &PrecisionPlan,
+        obs: &mut dyn Observer<B>,
+    ) -> Tensor<B, 2> {
+        let i = self.index;
         let h = self
             .post_attention_layernorm
             .forward(x.clone(), plan.norm, plan.matmul);

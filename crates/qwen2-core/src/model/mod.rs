@@ -57,6 +57,8 @@ pub struct Qwen2Model<B: Backend> {
     pub lm_head: Option<Linear<B>>,
     /// The backend's product for the tied head (which has no `Linear` of its own).
     tied_head_kernel: Option<std::sync::Arc<dyn MatmulKernel<B>>>,
+    /// A context shorter than the model's (`--ctx-size`), if one was set.
+    context_limit: Option<usize>,
     /// RoPE tables for every position of the context.
     pub rope: Rope<B>,
     config: Qwen2Config,
@@ -156,6 +158,7 @@ impl<B: Backend> Qwen2Model<B> {
             norm,
             lm_head,
             tied_head_kernel: None,
+            context_limit: None,
             rope,
             config,
             plan,
@@ -220,9 +223,24 @@ impl<B: Backend> Qwen2Model<B> {
         &self.device
     }
 
-    /// Longest sequence (prompt + generated) the model can process.
+    /// Longest sequence (prompt + generated) the model can process: the model's context, or
+    /// the shorter limit of [`Qwen2Model::limit_context`].
     pub fn context_length(&self) -> usize {
-        self.rope.max_positions()
+        let full = self.rope.max_positions();
+        self.context_limit.map_or(full, |n| n.min(full))
+    }
+
+    /// Caps sequences (and so the KV cache) at `positions`, which must be between 1 and the
+    /// model's context length.
+    pub fn limit_context(&mut self, positions: usize) -> Result<()> {
+        let full = self.rope.max_positions();
+        if positions == 0 || positions > full {
+            return Err(Error::Invalid(format!(
+                "context size {positions} must be between 1 and the model's context length {full}"
+            )));
+        }
+        self.context_limit = Some(positions);
+        Ok(())
     }
 
     /// A KV cache for up to `capacity` positions (capped at the context length).
@@ -269,6 +287,50 @@ impl<B: Backend> Qwen2Model<B> {
         } else {
             x
         };
+        Ok(self.head(x, obs))
+    }
+
+    /// One decode step of `ids.len()` sequences at once: sequence `r` feeds `ids[r]` at position
+    /// `caches[r].len()` and its cache grows by one → logits `[ids.len(), vocab]` in the plan's
+    /// logits dtype. Every matmul runs once over all rows; each row attends to its own cache,
+    /// so rows never mix (a non-finite value in one row stays in that row).
+    pub fn forward_decode(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut KvCache<B>],
+        obs: &mut dyn Observer<B>,
+    ) -> Result<Tensor<B, 2>> {
+        if ids.len() != caches.len() {
+            return Err(Error::Invalid(format!(
+                "{} decode ids for {} caches",
+                ids.len(),
+                caches.len()
+            )));
+        }
+        for (id, cache) in ids.iter().zip(caches.iter_mut()) {
+            self.check_input(std::slice::from_ref(id), cache.len())?;
+            cache.reserve(cache.len() + 1, self.context_length());
+            cache.check_room(1)?;
+        }
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [ids.len()],
+            ),
+            &self.device,
+        );
+        let mut x = self
+            .embed_tokens
+            .clone()
+            .select(0, idx)
+            .cast(self.plan.residual);
+        x = observe(obs, Site::global(Op::Embedding), x);
+        for layer in &self.layers {
+            x = layer.forward_decode(x, caches, &self.rope, &self.plan, obs);
+        }
+        for cache in caches.iter_mut() {
+            cache.advance(1);
+        }
         Ok(self.head(x, obs))
     }
 

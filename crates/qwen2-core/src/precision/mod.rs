@@ -8,5 +8,5 @@ mod train;
 
 pub use hardware::{DeviceKind, Hardware};
 pub use plan::{Policy, PrecisionPlan};
-pub use table::{can_run, Choice, PolicyTable, Resolved, Rule};
+pub use table::{can_run, Choice, ModelFacts, PolicyTable, Resolved, Rule};
 pub use train::{ResolvedTraining, TrainPolicy, TrainingRule};

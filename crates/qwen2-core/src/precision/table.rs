@@ -28,13 +28,35 @@ impl std::str::FromStr for Choice {
     }
 }
 
+/// What a rule may know about the model besides the device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelFacts {
+    /// The dtype the checkpoint's weights are stored in ("bfloat16", "float32", ...; see
+    /// [`crate::weights::Checkpoint::stored_dtype`]); `None` when unknown.
+    pub checkpoint_dtype: Option<String>,
+}
+
+impl ModelFacts {
+    /// The facts of an opened checkpoint.
+    pub fn from_checkpoint(ckpt: &crate::weights::Checkpoint) -> Self {
+        Self {
+            checkpoint_dtype: ckpt.stored_dtype().map(String::from),
+        }
+    }
+
+    /// Whether the checkpoint was saved in bf16 (the dtype Qwen2 was trained in).
+    pub fn is_bf16_checkpoint(&self) -> bool {
+        self.checkpoint_dtype.as_deref() == Some("bfloat16")
+    }
+}
+
 /// One row of a policy table.
 #[derive(Debug, Clone, Copy)]
 pub struct Rule {
     /// Short identifier shown by `doctor` and in logs.
     pub name: &'static str,
-    /// Whether the rule applies to a device.
-    pub applies: fn(&Hardware) -> bool,
+    /// Whether the rule applies to a device and a model.
+    pub applies: fn(&Hardware, &ModelFacts) -> bool,
     /// The policy it picks.
     pub policy: Policy,
     /// Why.
@@ -89,8 +111,19 @@ pub fn can_run(hw: &Hardware, policy: Policy) -> std::result::Result<(), String>
 }
 
 impl PolicyTable {
-    /// Resolves `choice` for `hw`. A pure function: no device is touched.
+    /// Resolves `choice` for `hw` and a model of unknown dtype. A pure function: no device
+    /// is touched.
     pub fn select(&self, hw: &Hardware, choice: Choice) -> Result<Resolved> {
+        self.select_for(hw, &ModelFacts::default(), choice)
+    }
+
+    /// Resolves `choice` for `hw` and a model with `facts`. A pure function.
+    pub fn select_for(
+        &self,
+        hw: &Hardware,
+        facts: &ModelFacts,
+        choice: Choice,
+    ) -> Result<Resolved> {
         let (policy, rule, reason) = match choice {
             Choice::Fixed(p) => {
                 can_run(hw, p).map_err(|e| Error::Invalid(format!("{e}; try --precision auto")))?;
@@ -100,7 +133,7 @@ impl PolicyTable {
                 let rule = self
                     .rules
                     .iter()
-                    .find(|r| (r.applies)(hw) && can_run(hw, r.policy).is_ok())
+                    .find(|r| (r.applies)(hw, facts) && can_run(hw, r.policy).is_ok())
                     .ok_or_else(|| {
                         Error::Invalid(format!("no {} policy rule applies to {hw}", self.backend))
                     })?;

@@ -175,6 +175,32 @@ impl ChatTemplate {
         template.render(ctx).map_err(|e| self.error(&e))
     }
 
+    /// Renders OpenAI-style message objects (with `tool_calls`, `tool_call_id`, ... as the
+    /// template expects them) and `tools` (function tool objects, or `None`); the assistant
+    /// header is appended.
+    pub fn render_values(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String> {
+        if messages.is_empty() {
+            return Err(Error::ChatTemplate {
+                origin: self.origin.clone(),
+                message: "no messages to render".into(),
+            });
+        }
+        let mut ctx = self.special_tokens.clone();
+        ctx.insert("messages".into(), messages.to_vec().into());
+        ctx.insert("add_generation_prompt".into(), true.into());
+        ctx.insert(
+            "tools".into(),
+            tools.map_or(serde_json::Value::Null, |t| t.to_vec().into()),
+        );
+        ctx.insert("documents".into(), serde_json::Value::Null);
+        let template = self.env.get_template("chat").map_err(|e| self.error(&e))?;
+        template.render(ctx).map_err(|e| self.error(&e))
+    }
+
     fn error(&self, e: &minijinja::Error) -> Error {
         Error::ChatTemplate {
             origin: self.origin.clone(),

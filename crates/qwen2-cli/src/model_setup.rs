@@ -1,0 +1,142 @@
+//! What every model command does around the library's [`ModelLoader`]: build it from the
+//! flags, draw the loading and prefill progress on a terminal, print the fallbacks and the
+//! streamed text.
+
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use qwen2_burn::core::engine::{ModelLoader, ModelSpec};
+use qwen2_burn::core::fallback::Outcome;
+use qwen2_burn::core::generate::ProgressFn;
+use qwen2_burn::core::{Platform, Policy, Qwen2Model};
+
+use crate::args::{ModelArgs, OnNonFinite};
+
+pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+/// The library's view of `--model`, `--adapter`, `--precision`, `--on-nonfinite` and
+/// `--ctx-size`.
+pub fn model_spec(args: &ModelArgs) -> CliResult<ModelSpec> {
+    Ok(ModelSpec {
+        dir: args.model.clone(),
+        adapter: args.adapter.clone(),
+        precision: args.precision.parse()?,
+        fallback: args.on_nonfinite.map(|o| o == OnNonFinite::Fallback),
+        ctx_size: args.ctx_size,
+    })
+}
+
+/// Resolves the flags on the first device of `P`.
+pub fn loader<P: Platform>(args: &ModelArgs) -> CliResult<ModelLoader<P>> {
+    Ok(ModelLoader::new(model_spec(args)?)?)
+}
+
+/// Loads the model with `policy`'s plan, drawing a progress line on stderr when it is a
+/// terminal and the load takes more than a moment.
+pub fn load<P: Platform>(
+    loader: &ModelLoader<P>,
+    policy: Policy,
+) -> qwen2_burn::core::Result<Qwen2Model<P::B>> {
+    let start = Instant::now();
+    let show = std::io::stderr().is_terminal();
+    let dir = loader.spec().dir.display().to_string();
+    let mut drawn = false;
+    let model = loader.load(policy, &mut |done, total| {
+        let secs = start.elapsed().as_secs_f64();
+        if show && (drawn || secs > 0.5) && done < total {
+            let width = 30;
+            let filled = width * done / total.max(1);
+            eprint!(
+                "\rloading {dir} ({policy}) [{}{}] {done}/{total} {secs:.1}s",
+                "#".repeat(filled),
+                "-".repeat(width - filled)
+            );
+            drawn = true;
+        }
+    });
+    if drawn {
+        eprint!("\r\x1b[K");
+    }
+    model
+}
+
+/// A prefill progress line for stderr when it is a terminal: tokens done / total and the rate,
+/// drawn once the prefill has run for a second, erased when it ends.
+pub fn prefill_progress() -> Option<ProgressFn> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    // (when this prefill started, whether a line is drawn)
+    let state = Mutex::new((Instant::now(), false));
+    Some(ProgressFn(Arc::new(move |done, total| {
+        let Ok(mut s) = state.lock() else { return };
+        if done == 0 {
+            *s = (Instant::now(), false);
+            return;
+        }
+        let secs = s.0.elapsed().as_secs_f64();
+        if done >= total {
+            if s.1 {
+                eprint!("\r\x1b[K");
+                s.1 = false;
+            }
+        } else if s.1 || secs > 1.0 {
+            eprint!(
+                "\rprefill {done}/{total} tokens, {:.1} tok/s",
+                done as f64 / secs.max(1e-9)
+            );
+            s.1 = true;
+        }
+    })))
+}
+
+/// Which plan ran and why, for the stats lines: `bf16 plan, auto: rule cpu-bf16-checkpoint`,
+/// `f32 plan, as requested`, `f16-safe plan, after a fallback`.
+pub fn plan_note<P: Platform>(loader: &ModelLoader<P>, policy: Policy) -> String {
+    let r = loader.resolved();
+    let why = if policy != r.policy {
+        "after a fallback".to_string()
+    } else {
+        match r.rule {
+            Some(rule) => format!("auto: rule {rule}"),
+            None => "as requested".to_string(),
+        }
+    };
+    format!("{policy} plan, {why}")
+}
+
+/// Tells the user about plans that overflowed before the one that worked.
+pub fn report_fallbacks<T>(outcome: &Outcome<T>) {
+    for failed in &outcome.failed {
+        eprintln!(
+            "warning: --precision {} produced non-finite values: {}",
+            failed.policy, failed.error
+        );
+    }
+    if !outcome.failed.is_empty() {
+        eprintln!("warning: fell back to --precision {}", outcome.policy);
+    }
+}
+
+/// The plans that failed before the one that worked, for `--json`.
+pub fn fallback_json<T>(outcome: &Outcome<T>) -> serde_json::Value {
+    outcome
+        .failed
+        .iter()
+        .map(|f| serde_json::json!({"precision": f.policy.name(), "error": f.error.to_string()}))
+        .collect()
+}
+
+/// `"{label} 12.3 tok/s"`, or nothing when there is no rate to show.
+pub fn rate_text(label: &str, rate: Option<f64>) -> String {
+    rate.map_or(String::new(), |r| format!("{label} {r:.1} tok/s"))
+}
+
+/// Prints streamed text at once (stdout is line-buffered otherwise).
+pub fn print_flush(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}

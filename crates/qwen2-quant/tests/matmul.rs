@@ -1,0 +1,139 @@
+//! `matmul` over m activation rows gives exactly (bit for bit) the m `matvec` results on the
+//! same path, and bad shapes are errors, not panics.
+
+mod common;
+
+use common::*;
+use qwen2_quant::{available_paths, dot_rows, GgmlType, KernelPath, QuantError, QuantMatrix};
+
+#[test]
+fn matmul_equals_matvecs_exactly() {
+    let mut rng = Rng::new(200);
+    for ty in TYPES {
+        let cols = ty.block_size() * 3;
+        // 150 rows: several parallel chunks and a remainder; m covers groups of 4 + remainders.
+        let matrix = test_matrix(ty, 150, cols, &mut rng);
+        for m in [1, 3, 4, 5, 9, 17] {
+            let x = rng.activations(m * cols);
+            for path in available_paths() {
+                let mut batched = vec![0f32; m * matrix.rows()];
+                matrix.matmul_with_path(path, &x, m, &mut batched).unwrap();
+                for i in 0..m {
+                    let mut single = vec![0f32; matrix.rows()];
+                    matrix
+                        .matvec_with_path(path, &x[i * cols..(i + 1) * cols], &mut single)
+                        .unwrap();
+                    let got = &batched[i * matrix.rows()..(i + 1) * matrix.rows()];
+                    assert!(
+                        got.iter()
+                            .zip(&single)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{ty} {path} m {m} row {i}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn large_matrices_use_the_parallel_path_identically() {
+    // Over the parallel threshold: the result must not depend on the chunking.
+    let mut rng = Rng::new(201);
+    let ty = GgmlType::Q4_K;
+    let (rows, cols) = (1000, 512);
+    let matrix = test_matrix(ty, rows, cols, &mut rng);
+    let x = rng.activations(2 * cols);
+    for path in available_paths() {
+        let mut batched = vec![0f32; 2 * rows];
+        matrix.matmul_with_path(path, &x, 2, &mut batched).unwrap();
+        let mut single = vec![0f32; rows];
+        matrix
+            .matvec_with_path(path, &x[cols..], &mut single)
+            .unwrap();
+        assert_eq!(&batched[rows..], &single[..], "{path}");
+        let act = matrix.quantize_activations(&x[cols..], 1).unwrap();
+        let mut one = [0f32];
+        dot_rows(
+            path,
+            ty,
+            &matrix.data()[17 * matrix.row_bytes()..18 * matrix.row_bytes()],
+            &act,
+            &mut one,
+        )
+        .unwrap();
+        assert_eq!(one[0].to_bits(), single[17].to_bits(), "{path} dot_rows");
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let mut rng = Rng::new(202);
+    let matrix = test_matrix(GgmlType::Q8_0, 4, 64, &mut rng);
+    let mut y = vec![0f32; 4];
+    assert!(matches!(
+        matrix.matvec(&[0.0; 63], &mut y),
+        Err(QuantError::Shape(_))
+    ));
+    assert!(matches!(
+        matrix.matvec(&[0.0; 64], &mut [0.0; 3]),
+        Err(QuantError::Shape(_))
+    ));
+    assert!(matches!(
+        matrix.matmul(&[0.0; 128], 3, &mut [0.0; 12]),
+        Err(QuantError::Shape(_))
+    ));
+    assert!(matrix.matmul(&[0.0; 0], 0, &mut []).is_ok());
+    assert!(matches!(
+        QuantMatrix::new(GgmlType::Q8_0, 4, 64, vec![0u8; 10]),
+        Err(QuantError::Shape(_))
+    ));
+    assert!(matches!(
+        QuantMatrix::new(GgmlType::Q4_K, 1, 128, vec![0u8; 72]),
+        Err(QuantError::Shape(_))
+    ));
+    assert!(matches!(
+        QuantMatrix::new(GgmlType::F16, 1, 2, vec![0u8; 4]),
+        Err(QuantError::UnsupportedType(GgmlType::F16))
+    ));
+    assert!(QuantMatrix::from_f32(GgmlType::Q5_K, 1, 256, &[0.0; 256]).is_err());
+    // Activations quantized for another format are rejected.
+    let other = test_matrix(GgmlType::Q4_1, 4, 64, &mut rng);
+    let act = other.quantize_activations(&[0.5; 64], 1).unwrap();
+    assert!(matrix
+        .matmul_quantized(KernelPath::Portable, &act, &mut y)
+        .is_err());
+    for path in KernelPath::ALL {
+        if !path.is_available() {
+            assert!(matches!(
+                matrix.matvec_with_path(path, &[0.0; 64], &mut y),
+                Err(QuantError::PathUnavailable(_))
+            ));
+        }
+    }
+}
+
+#[test]
+fn shared_and_borrowed_buffers_work() {
+    use std::sync::Arc;
+    let mut rng = Rng::new(203);
+    let matrix = test_matrix(GgmlType::Q6_K, 3, 256, &mut rng);
+    // The matrix inside a larger buffer (as a tensor inside a memory-mapped GGUF file).
+    let mut file = vec![0xAAu8; 100];
+    file.extend_from_slice(matrix.data());
+    file.extend_from_slice(&[0x55; 7]);
+    let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(file);
+    let range = 100..100 + matrix.data().len();
+    let bytes = qwen2_quant::WeightBytes::new(owner.clone(), range).unwrap();
+    let shared = QuantMatrix::new(GgmlType::Q6_K, 3, 256, bytes).unwrap();
+    let from_arc: Arc<[u8]> = matrix.data().into();
+    let from_arc = QuantMatrix::new(GgmlType::Q6_K, 3, 256, from_arc).unwrap();
+    let x = rng.activations(256);
+    let (mut a, mut b, mut c) = (vec![0f32; 3], vec![0f32; 3], vec![0f32; 3]);
+    matrix.matvec(&x, &mut a).unwrap();
+    shared.matvec(&x, &mut b).unwrap();
+    from_arc.matvec(&x, &mut c).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    assert!(qwen2_quant::WeightBytes::new(owner, 0..10_000).is_err());
+}
