@@ -164,3 +164,29 @@ fn seeded_sampling_is_reproducible() {
         "different seeds should differ at temperature 1.5"
     );
 }
+
+/// A prompt prefilled in chunks gives HF's greedy ids, as one prefill does, and the progress
+/// callback sees (0, n), every chunk, then (n, n).
+#[test]
+fn chunked_prefill_reports_progress_and_keeps_the_greedy_ids() {
+    let name = "untied-bf16-mqa";
+    let g = goldens(name);
+    let model = load(name, PrecisionPlan::F32);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let opts = GenerateOptions {
+        prefill_chunk: Some(3),
+        prefill_progress: Some(qwen2_burn::core::generate::ProgressFn(std::sync::Arc::new(
+            move |done, total| log.lock().unwrap().push((done, total)),
+        ))),
+        ..GenerateOptions::greedy(g.greedy_ids.len())
+    };
+    let out = generate(&model, &g.prompt_ids, &opts, |_| {}).unwrap();
+    assert_eq!(out.ids, g.greedy_ids);
+    let n = g.prompt_ids.len();
+    // Chunks of 3 until at most 3 are left; the step that samples the first token feeds those.
+    let mut want = vec![(0, n)];
+    want.extend((3..n).step_by(3).map(|d| (d, n)));
+    want.push((n, n));
+    assert_eq!(*seen.lock().unwrap(), want);
+}

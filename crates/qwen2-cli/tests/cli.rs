@@ -572,3 +572,36 @@ fn max_new_tokens_past_the_context_is_capped_with_a_warning() {
     ]));
     assert!(e.contains("context size 1000") && e.contains("256"), "{e}");
 }
+
+/// `qwen2 bench` prints one JSON line on stdout and a summary a person reads on stderr.
+#[test]
+fn bench_prints_json_and_a_readable_summary() {
+    let out = qwen2(&[
+        "bench",
+        "-m",
+        fixture("tied-f32-gqa").to_str().unwrap(),
+        "--reps",
+        "1",
+        "--gen",
+        "4",
+        "--prompt-len",
+        "8",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["gen_tokens"], 4);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "cpu backend, f32 plan",
+        "8-token prompt, 4 generated",
+        "prefill",
+        "decode",
+        "peak memory",
+    ] {
+        assert!(stderr.contains(want), "{want:?} missing from:\n{stderr}");
+    }
+}
