@@ -84,8 +84,10 @@ pub enum OnNonFinite {
 /// Options shared by every command that loads a model.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// Model directory (config.json and *.safetensors).
-    #[arg(long, short = 'm', value_name = "DIR")]
+    /// Model directory (config.json and *.safetensors), or a GGUF model (FILE.gguf, the first
+    /// shard NAME-00001-of-0000N.gguf, or a directory holding one; weights are dequantized at
+    /// load).
+    #[arg(long, short = 'm', value_name = "DIR|GGUF")]
     pub model: PathBuf,
 
     /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as
@@ -243,7 +245,7 @@ pub struct ChatArgs {
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
 pub struct TokenizerSource {
-    /// Model directory holding tokenizer.json.
+    /// Model directory holding tokenizer.json, or a GGUF model.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
 

@@ -11,7 +11,7 @@ use crate::args::SamplingArgs;
 use crate::model_setup::CliResult;
 
 /// Sampling, token budget and eos ids: the flags where given, else `generation_config.json`,
-/// else `config.json` (eos) and `default_max_new_tokens` (the library's
+/// else `config.json` or the GGUF metadata (eos) and `default_max_new_tokens` (the library's
 /// [`engine::generate_options`]). `extra_eos` (such as the chat template's `<|im_end|>`) is
 /// added to the eos ids unless `--eos` is given.
 pub fn generate_options(
@@ -23,7 +23,7 @@ pub fn generate_options(
     let generation = GenerationConfig::from_model_dir(dir)?;
     let config_eos = match generation.eos_token_id {
         Some(_) => Vec::new(),
-        None => Qwen2Config::from_file(dir.join("config.json"))?.eos_token_ids,
+        None => Qwen2Config::from_model(dir)?.eos_token_ids,
     };
     let request = GenerationRequest {
         temperature: s.temperature,

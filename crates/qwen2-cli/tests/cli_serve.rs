@@ -199,6 +199,25 @@ fn serve_streams_what_it_answers_and_exits_cleanly() {
     let run: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(run["text"].as_str().unwrap(), text);
 
+    // Completions: streamed text and usage equal the plain response's.
+    let body = serde_json::json!({"prompt": "Hi", "max_tokens": 9, "temperature": 0});
+    let (_, plain) = server.post("/v1/completions", &body);
+    let mut streaming = body.clone();
+    streaming["stream"] = true.into();
+    streaming["stream_options"] = serde_json::json!({"include_usage": true});
+    let events = server.stream("/v1/completions", &streaming);
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, plain["choices"][0]["text"].as_str().unwrap());
+    let usage = &events.last().unwrap()["usage"];
+    for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(usage[k], plain["usage"][k], "{k}");
+    }
+    assert_eq!(plain["usage"]["completion_tokens"], 9);
+    assert_eq!(plain["choices"][0]["finish_reason"], "length");
+
     // Seeds: the same seed samples the same text.
     let sampled = |seed: u64| {
         let body =

@@ -19,7 +19,8 @@ use crate::{Platform, Qwen2Model};
 /// What to load and how.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
-    /// The model directory (config.json, *.safetensors, tokenizer files).
+    /// The model directory (config.json, *.safetensors, tokenizer files) or GGUF model (a
+    /// `.gguf` file, a shard of a split set, a directory holding one).
     pub dir: PathBuf,
     /// A PEFT LoRA adapter directory applied on top.
     pub adapter: Option<PathBuf>,
@@ -161,19 +162,42 @@ pub fn first_device<P: Platform>() -> Result<burn::tensor::Device<P::B>> {
     })
 }
 
-/// A model path that does not exist, or is a file, is the first thing to say.
+/// A model path that does not exist, is a file but not a GGUF model, or is a directory with
+/// neither config.json nor a GGUF model (or an ambiguous one) is the first thing to say.
 pub fn check_model_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        return Err(Error::Invalid(format!(
-            "--model {}: no such directory",
+    let flag = |message: String| {
+        Err(Error::Invalid(format!(
+            "--model {}: {message}",
             dir.display()
-        )));
+        )))
+    };
+    if !dir.exists() {
+        let what = if dir.extension().is_some_and(|e| e == "gguf") {
+            "file"
+        } else {
+            "directory"
+        };
+        return flag(format!("no such {what}"));
+    }
+    match crate::source::gguf_model_path(dir) {
+        Err(Error::Invalid(m)) => {
+            return flag(m.split_once(": ").map_or(m.clone(), |(_, r)| r.into()))
+        }
+        Err(e) => return Err(e),
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => {}
     }
     if !dir.is_dir() {
-        return Err(Error::Invalid(format!(
-            "--model {}: is a file; give the model directory (config.json, *.safetensors, tokenizer.json)",
-            dir.display()
-        )));
+        return flag(
+            "is a file; give the model directory (config.json, *.safetensors, tokenizer.json) \
+             or a .gguf file"
+                .into(),
+        );
+    }
+    if !dir.join("config.json").exists() {
+        return flag(
+            "holds no config.json (a Hugging Face model directory) and no .gguf file".into(),
+        );
     }
     Ok(())
 }
@@ -228,8 +252,18 @@ pub struct TextAssets {
 }
 
 impl TextAssets {
-    /// Reads the tokenizer, chat template and generation defaults of `dir`.
+    /// Reads the tokenizer, chat template and generation defaults of `dir`; for a GGUF model,
+    /// the tokenizer and chat template from its metadata, HF's generation defaults and its eos.
     pub fn from_model_dir(dir: &Path) -> Result<Self> {
+        if let Some(file) = crate::source::gguf_model_path(dir)? {
+            let model = qwen2_gguf::GgufModel::open(file)?;
+            return Ok(Self {
+                tokenizer: TextTokenizer::from_gguf(&model)?,
+                template: ChatTemplate::from_gguf(&model)?,
+                generation: GenerationConfig::default(),
+                config_eos: Qwen2Config::from_gguf(&model)?.eos_token_ids,
+            });
+        }
         Ok(Self {
             tokenizer: TextTokenizer::from_model_dir(dir)?,
             template: ChatTemplate::from_model_dir(dir)?,

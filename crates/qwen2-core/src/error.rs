@@ -178,6 +178,22 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A GGUF file could not be opened or read (corrupt, truncated, a split set incomplete, a
+    /// metadata key missing or of the wrong type); the message names the file and key.
+    #[error("{0}")]
+    Gguf(#[from] qwen2_gguf::GgufError),
+    /// A tensor of a GGUF model cannot be loaded (an unsupported ggml type, bad data).
+    #[error("tensor `{name}` (GGUF `{gguf_name}`) in {path}: {message}")]
+    GgufTensor {
+        /// HF tensor name.
+        name: String,
+        /// The tensor's name in the GGUF file.
+        gguf_name: String,
+        /// The GGUF file (the first shard of a split set).
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A plan or option that cannot run on the chosen device.
     #[error("{0}")]
     Invalid(String),

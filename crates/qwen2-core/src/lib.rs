@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod fallback;
 pub mod generate;
+pub mod gguf;
 pub mod kv_cache;
 pub mod model;
 pub mod monitor;
@@ -17,6 +18,7 @@ pub mod observe;
 pub mod platform;
 pub mod precision;
 pub mod sampling;
+pub mod source;
 pub mod text;
 pub mod weights;
 
@@ -26,6 +28,7 @@ pub use kv_cache::KvCache;
 pub use model::{LogitsFor, Qwen2Model};
 pub use platform::{DeviceMemory, Platform};
 pub use precision::{Policy, PrecisionPlan};
+pub use source::ModelSource;
 
 /// Re-export of the burn version the graph is written against.
 pub use burn;

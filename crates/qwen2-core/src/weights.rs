@@ -1,6 +1,8 @@
 //! HF safetensors checkpoints: one `model.safetensors`, or shards listed in
 //! `model.safetensors.index.json`. Files are memory-mapped; each tensor is converted exactly
 //! (F32, BF16 or F16 on disk) straight into the dtype the precision plan stores it in.
+//! A [`Checkpoint`] can also hold a GGUF model (see [`crate::gguf`]): the same HF names, each
+//! tensor dequantized at load.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,6 +15,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::gguf::GgufTensors;
 
 /// Name of a single-file checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -57,12 +60,15 @@ impl Shard {
     }
 }
 
-/// An opened checkpoint: every shard mapped, every header parsed and validated.
+/// An opened checkpoint: every shard mapped, every header parsed and validated; or a GGUF
+/// model whose tensors go by their HF names.
 pub struct Checkpoint {
     shards: Vec<Shard>,
     /// Tensor name → index into `shards`.
     index: HashMap<String, usize>,
     description: String,
+    /// The GGUF model, when the checkpoint is one (then `shards` is empty).
+    gguf: Option<GgufTensors>,
 }
 
 #[derive(Deserialize)]
@@ -71,9 +77,14 @@ struct ShardIndex {
 }
 
 impl Checkpoint {
-    /// Opens the checkpoint in a model directory.
+    /// Opens the checkpoint of a model path: the safetensors of a Hugging Face directory, or
+    /// a GGUF model (a `.gguf` file, a shard of a split set, or a directory holding one GGUF
+    /// model and no `config.json`; see [`crate::source::ModelSource`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
+        if let Some(file) = crate::source::gguf_model_path(dir)? {
+            return Ok(Self::from_gguf(qwen2_gguf::GgufModel::open(file)?));
+        }
         let index_path = dir.join(INDEX_FILE);
         let single_path = dir.join(SINGLE_FILE);
         if index_path.is_file() {
@@ -113,6 +124,7 @@ impl Checkpoint {
                 shards,
                 index: name_to_shard,
                 description: format!("{} ({} shards)", index_path.display(), files.len()),
+                gguf: None,
             })
         } else if single_path.is_file() {
             let shard = Shard::open(single_path.clone())?;
@@ -121,6 +133,7 @@ impl Checkpoint {
                 shards: vec![shard],
                 index,
                 description: single_path.display().to_string(),
+                gguf: None,
             })
         } else {
             Err(Error::io(
@@ -142,18 +155,43 @@ impl Checkpoint {
             shards: vec![shard],
             index,
             description: path.display().to_string(),
+            gguf: None,
         })
+    }
+
+    /// A checkpoint over an opened GGUF model: its tensors by their HF names (see
+    /// [`crate::gguf::hf_name`]), each dequantized when loaded.
+    pub fn from_gguf(model: qwen2_gguf::GgufModel) -> Self {
+        let gguf = GgufTensors::new(model);
+        Checkpoint {
+            shards: Vec::new(),
+            index: HashMap::new(),
+            description: gguf.path().display().to_string(),
+            gguf: Some(gguf),
+        }
+    }
+
+    /// The GGUF model, when this checkpoint is one.
+    pub fn gguf(&self) -> Option<&qwen2_gguf::GgufModel> {
+        self.gguf.as_ref().map(GgufTensors::model)
     }
 
     /// The shape of tensor `name`, if the checkpoint holds it.
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        if let Some(g) = &self.gguf {
+            return g.shape(name);
+        }
         let &i = self.index.get(name)?;
         Some(&self.shards[i].tensors[name].shape)
     }
 
     /// The dtype most of the checkpoint's values are stored in, by HF's name (`"bfloat16"`,
     /// `"float32"`, `"float16"`, ...): what the model was saved as, whatever config.json says.
+    /// For a GGUF model, quantized types by their lowercase ggml names (`"q8_0"`, `"q4_k"`).
     pub fn stored_dtype(&self) -> Option<&'static str> {
+        if let Some(g) = &self.gguf {
+            return g.stored_dtype();
+        }
         let mut elements: HashMap<&'static str, usize> = HashMap::new();
         for shard in &self.shards {
             for info in shard.tensors.values() {
@@ -175,12 +213,15 @@ impl Checkpoint {
 
     /// Whether the checkpoint holds a tensor of that name.
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.index.contains_key(name) || self.gguf.as_ref().is_some_and(|g| g.contains(name))
     }
 
     /// Names of all tensors in the checkpoint.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.index.keys().map(String::as_str)
+        self.index
+            .keys()
+            .map(String::as_str)
+            .chain(self.gguf.iter().flat_map(GgufTensors::names))
     }
 
     /// Reads tensor `name`, checks its shape against `expected` (HF layout), converts it to
@@ -192,6 +233,9 @@ impl Checkpoint {
         dtype: FloatDType,
         transpose: bool,
     ) -> Result<TensorData> {
+        if let Some(g) = &self.gguf {
+            return g.load(name, expected, dtype, transpose);
+        }
         let shard = self
             .index
             .get(name)
@@ -232,15 +276,7 @@ impl Checkpoint {
                 of: expected.iter().product(),
             });
         }
-        let (rows, cols) = match (transpose, expected) {
-            (true, [r, c]) => (*r, *c),
-            _ => (1, expected.iter().product()),
-        };
-        let shape: Vec<usize> = if transpose {
-            vec![cols, rows]
-        } else {
-            expected.to_vec()
-        };
+        let (rows, cols, shape) = layout(expected, transpose);
         let data = match dtype {
             FloatDType::F32 => {
                 let v = convert(
@@ -290,6 +326,50 @@ impl Checkpoint {
         shard.release(shard.data_start + start, end - start);
         Ok(data)
     }
+}
+
+/// The `[rows, cols]` a transpose works on and the shape of the result: `expected` as is, or
+/// a 2-D `[r, c]` as `[c, r]` when `transpose` is set.
+fn layout(expected: &[usize], transpose: bool) -> (usize, usize, Vec<usize>) {
+    match (transpose, expected) {
+        (true, [r, c]) => (*r, *c, vec![*c, *r]),
+        _ => (1, expected.iter().product(), expected.to_vec()),
+    }
+}
+
+/// Row-major f32 `values` of HF shape `expected` (a dequantized GGUF tensor) converted to
+/// `dtype` (exactly for f32, round-to-nearest-even for bf16/f16), a 2-D `[out, in]` transposed
+/// to `[in, out]` when `transpose` is set.
+pub(crate) fn tensor_data_from_f32(
+    values: Vec<f32>,
+    expected: &[usize],
+    dtype: FloatDType,
+    transpose: bool,
+) -> Result<TensorData> {
+    let (rows, cols, shape) = layout(expected, transpose);
+    fn arrange<T: Copy + Default>(v: Vec<T>, t: bool, rows: usize, cols: usize) -> Vec<T> {
+        if t {
+            transposed(v, rows, cols)
+        } else {
+            v
+        }
+    }
+    Ok(match dtype {
+        FloatDType::F32 => TensorData::new(arrange(values, transpose, rows, cols), shape),
+        FloatDType::BF16 => {
+            let v: Vec<bf16> = values.into_iter().map(bf16::from_f32).collect();
+            TensorData::new(arrange(v, transpose, rows, cols), shape)
+        }
+        FloatDType::F16 => {
+            let v: Vec<f16> = values.into_iter().map(f16::from_f32).collect();
+            TensorData::new(arrange(v, transpose, rows, cols), shape)
+        }
+        other => {
+            return Err(Error::Invalid(format!(
+                "cannot store weights as {other:?}: use f32, bf16 or f16"
+            )))
+        }
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -347,6 +427,11 @@ fn convert<T: Copy + Default>(
     if !transpose {
         return values;
     }
+    transposed(values, rows, cols)
+}
+
+/// A row-major `[rows, cols]` matrix as `[cols, rows]`, in cache-sized blocks.
+fn transposed<T: Copy + Default>(values: Vec<T>, rows: usize, cols: usize) -> Vec<T> {
     let mut out = vec![T::default(); values.len()];
     const BLOCK: usize = 32;
     for r0 in (0..rows).step_by(BLOCK) {

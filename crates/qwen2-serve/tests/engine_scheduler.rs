@@ -233,3 +233,20 @@ fn a_row_that_overflows_continues_under_the_safer_plan_and_the_others_go_on() {
     );
     naive.shutdown(Duration::from_secs(1));
 }
+
+#[test]
+fn a_gguf_model_answers_what_its_hf_directory_answers() {
+    let gguf = fixture("gguf-tiny-chat/tiny-chat-bf16.gguf");
+    let run = |path: &std::path::Path| {
+        let e = engine(path, Choice::Fixed(Policy::F32), EngineOptions::default());
+        let prompt = e.tokenize("What is the capital of France?").unwrap();
+        let out = collect(e.submit(greedy_job(prompt, 12)).unwrap());
+        let id = e.model_id().to_string();
+        e.shutdown(Duration::from_secs(1));
+        (out, id)
+    };
+    let (from_gguf, id) = run(&gguf);
+    assert_eq!(id, "tiny-chat-bf16");
+    assert!(from_gguf.2.is_ok(), "{:?}", from_gguf.2);
+    assert_eq!(from_gguf, run(&fixture("tiny-chat")).0);
+}

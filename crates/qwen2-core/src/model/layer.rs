@@ -71,14 +71,9 @@ impl<B: Backend> DecoderLayer<B> {
         obs: &mut dyn Observer<B>,
     ) -> Tensor<B, 2> {
         let i = self.index;
-        let h = self
-            .input_layernorm
-            .forward(x.clone(), plan.norm, plan.matmul);
-        let h = observe(obs, Site::layer(i, Op::InputNorm), h);
-        let attn = self.self_attn.forward(h, rows, start, i, cache, rope, plan);
-        let attn = observe(obs, Site::layer(i, Op::AttentionOutput), attn);
-        let x = x + attn.cast(plan.residual);
-        let x = observe(obs, Site::layer(i, Op::AttentionResidual), x);
+        let x = self.attention_block(x, plan, obs, |h| {
+            self.self_attn.forward(h, rows, start, i, cache, rope, plan)
+        });
         self.mlp_block(x, plan, obs)
     }
 
@@ -93,15 +88,29 @@ impl<B: Backend> DecoderLayer<B> {
         obs: &mut dyn Observer<B>,
     ) -> Tensor<B, 2> {
         let i = self.index;
+        let x = self.attention_block(x, plan, obs, |h| {
+            self.self_attn.forward_decode(h, i, caches, rope, plan)
+        });
+        self.mlp_block(x, plan, obs)
+    }
+
+    /// The attention half: input norm, `attend` (normed `[n, hidden]` → attention output in the
+    /// residual-projection dtype), residual add.
+    fn attention_block(
+        &self,
+        x: Tensor<B, 2>,
+        plan: &PrecisionPlan,
+        obs: &mut dyn Observer<B>,
+        attend: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let i = self.index;
         let h = self
             .input_layernorm
             .forward(x.clone(), plan.norm, plan.matmul);
         let h = observe(obs, Site::layer(i, Op::InputNorm), h);
-        let attn = self.self_attn.forward_decode(h, i, caches, rope, plan);
-        let attn = observe(obs, Site::layer(i, Op::AttentionOutput), attn);
+        let attn = observe(obs, Site::layer(i, Op::AttentionOutput), attend(h));
         let x = x + attn.cast(plan.residual);
-        let x = observe(obs, Site::layer(i, Op::AttentionResidual), x);
-        self.mlp_block(x, plan, obs)
+        observe(obs, Site::layer(i, Op::AttentionResidual), x)
     }
 
     /// The MLP half: post-attention norm, MLP, residual add.

@@ -67,8 +67,10 @@ pub struct Qwen2Model<B: Backend> {
 }
 
 impl<B: Backend> Qwen2Model<B> {
-    /// Loads `config.json` and the safetensors checkpoint of a HF model directory, storing the
-    /// weights in `plan.weights` on `device`.
+    /// Loads `config.json` and the safetensors checkpoint of a HF model directory, or a GGUF
+    /// model (a `.gguf` file, a shard of a split set, a directory holding one; every tensor
+    /// dequantized to the plan's weight dtype), storing the weights in `plan.weights` on
+    /// `device`.
     pub fn load(dir: impl AsRef<Path>, plan: PrecisionPlan, device: &B::Device) -> Result<Self> {
         Self::load_with_progress(dir, plan, device, &mut |_, _| {})
     }
@@ -81,9 +83,21 @@ impl<B: Backend> Qwen2Model<B> {
         device: &B::Device,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = Qwen2Config::from_file(dir.join("config.json"))?;
-        let ckpt = Checkpoint::open(dir)?;
+        let (config, ckpt) = match crate::source::ModelSource::resolve(dir)? {
+            crate::source::ModelSource::HfDir(dir) => (
+                Qwen2Config::from_file(dir.join("config.json"))?,
+                Checkpoint::open(&dir)?,
+            ),
+            crate::source::ModelSource::Gguf(file) => {
+                let model = qwen2_gguf::GgufModel::open(&file)?;
+                tracing::info!(file = %file.display(), shards = model.shards().len(),
+                    "loading a GGUF model: dequantizing every tensor at load");
+                (
+                    Qwen2Config::from_gguf(&model)?,
+                    Checkpoint::from_gguf(model),
+                )
+            }
+        };
         Self::from_checkpoint_with_progress(config, &ckpt, plan, device, progress)
     }
 
@@ -312,19 +326,7 @@ impl<B: Backend> Qwen2Model<B> {
             cache.reserve(cache.len() + 1, self.context_length());
             cache.check_room(1)?;
         }
-        let idx = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(
-                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-                [ids.len()],
-            ),
-            &self.device,
-        );
-        let mut x = self
-            .embed_tokens
-            .clone()
-            .select(0, idx)
-            .cast(self.plan.residual);
-        x = observe(obs, Site::global(Op::Embedding), x);
+        let mut x = self.embed(ids, obs);
         for layer in &self.layers {
             x = layer.forward_decode(x, caches, &self.rope, &self.plan, obs);
         }
@@ -380,20 +382,7 @@ impl<B: Backend> Qwen2Model<B> {
         mut cache: Option<&mut KvCache<B>>,
         obs: &mut dyn Observer<B>,
     ) -> Tensor<B, 2> {
-        let ids = rows.ids();
-        let idx = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(
-                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-                [ids.len()],
-            ),
-            &self.device,
-        );
-        let mut x = self
-            .embed_tokens
-            .clone()
-            .select(0, idx)
-            .cast(self.plan.residual);
-        x = observe(obs, Site::global(Op::Embedding), x);
+        let mut x = self.embed(rows.ids(), obs);
         for layer in &self.layers {
             x = layer.forward(
                 x,
@@ -406,6 +395,23 @@ impl<B: Backend> Qwen2Model<B> {
             );
         }
         x
+    }
+
+    /// Embedding rows of `ids` → `[ids.len(), hidden]` in the residual dtype.
+    fn embed(&self, ids: &[u32], obs: &mut dyn Observer<B>) -> Tensor<B, 2> {
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [ids.len()],
+            ),
+            &self.device,
+        );
+        let x = self
+            .embed_tokens
+            .clone()
+            .select(0, idx)
+            .cast(self.plan.residual);
+        observe(obs, Site::global(Op::Embedding), x)
     }
 
     fn check_input(&self, ids: &[u32], start: usize) -> Result<()> {

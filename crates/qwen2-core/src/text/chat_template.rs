@@ -50,8 +50,12 @@ impl std::fmt::Debug for ChatTemplate {
 impl ChatTemplate {
     /// The model's template: `chat_template.jinja`, else `chat_template` in
     /// `tokenizer_config.json`, else the built-in ChatML template (logged).
+    /// For a GGUF model: [`ChatTemplate::from_gguf`].
     pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
+        if let Some(file) = crate::source::gguf_model_path(dir)? {
+            return Self::from_gguf(&qwen2_gguf::GgufModel::open(file)?);
+        }
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Map<String, serde_json::Value> = if config_path.exists() {
             let text =

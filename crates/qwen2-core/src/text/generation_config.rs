@@ -37,10 +37,11 @@ pub struct GenerationConfig {
 }
 
 impl GenerationConfig {
-    /// Reads `dir/generation_config.json`; a directory without one gives the empty config.
+    /// Reads `dir/generation_config.json`; a directory without one, or a GGUF model (which
+    /// holds no generation defaults), gives the empty config.
     pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let path = dir.as_ref().join("generation_config.json");
-        if !path.exists() {
+        if crate::source::gguf_model_path(dir.as_ref())?.is_some() || !path.exists() {
             return Ok(Self::default());
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;

@@ -1,4 +1,5 @@
-//! The model's tokenizer: `tokenizer.json` read with the Hugging Face `tokenizers` crate.
+//! The model's tokenizer: `tokenizer.json` read with the Hugging Face `tokenizers` crate (for a
+//! GGUF model, the `tokenizer.json` rebuilt from its metadata: [`crate::gguf::tokenizer`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,9 +25,13 @@ impl std::fmt::Debug for TextTokenizer {
 }
 
 impl TextTokenizer {
-    /// Reads `dir/tokenizer.json`.
+    /// Reads `dir/tokenizer.json`, or the tokenizer of a GGUF model when `dir` is one (a
+    /// `.gguf` file, or a directory holding one and no config.json).
     pub fn from_model_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
+        if let Some(file) = crate::source::gguf_model_path(dir)? {
+            return Self::from_gguf(&qwen2_gguf::GgufModel::open(file)?);
+        }
         let path = dir.join("tokenizer.json");
         if !path.exists() {
             return Err(Error::Tokenizer {
@@ -56,7 +61,13 @@ impl TextTokenizer {
         } else {
             bytes
         };
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::Tokenizer {
+        Self::from_json_bytes(&bytes, path)
+    }
+
+    /// Parses `tokenizer.json` text; `path` names where it came from in errors.
+    pub fn from_json_bytes(bytes: &[u8], path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
             path: path.clone(),
             message: format!("not a valid tokenizer.json: {e}"),
         })?;

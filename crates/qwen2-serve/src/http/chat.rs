@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use super::chat_messages::{template_messages, tool_setup};
 use super::error::{from_body, ApiError, OpenAiJson};
 use super::jobs::{
-    done_event, json_event, new_id, run_blocking, sse_response, stream_error_event, JobSet,
-    ResponseMeta, UsageTotals,
+    closing_events, done_event, json_event, new_id, run_blocking, sse_response, stream_error_event,
+    JobSet, ResponseMeta, UsageTotals,
 };
 use super::logging::{LoggedUsage, StreamLog, StreamLogged};
 use super::request::{ChatCompletionRequest, SamplingFields};
@@ -259,20 +259,8 @@ impl ChatStream {
             None => {
                 self.ended = true;
                 self.log.outcome = "done";
-                let mut events = Vec::new();
-                if self.include_usage {
-                    events.push(json_event(&json!({
-                        "id": self.meta.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.meta.created,
-                        "model": self.meta.model,
-                        "system_fingerprint": null,
-                        "choices": [],
-                        "usage": self.log.usage.to_json(),
-                    })));
-                }
-                events.push(done_event());
-                events
+                let usage = self.include_usage.then(|| self.log.usage.to_json());
+                closing_events(&self.meta, "chat.completion.chunk", usage)
             }
             Some((_, JobEvent::Started)) => Vec::new(),
             Some((index, JobEvent::Delta { text, logprobs, .. })) => {

@@ -198,6 +198,25 @@ pub fn json_event(value: &Value) -> Event {
     Event::default().data(value.to_string())
 }
 
+/// The events that close a stream of `object` chunks: with `include_usage`, a chunk with no
+/// choices carrying `usage`; then `data: [DONE]`.
+pub fn closing_events(meta: &ResponseMeta, object: &str, usage: Option<Value>) -> Vec<Event> {
+    let mut events = Vec::new();
+    if let Some(usage) = usage {
+        events.push(json_event(&serde_json::json!({
+            "id": meta.id,
+            "object": object,
+            "created": meta.created,
+            "model": meta.model,
+            "system_fingerprint": null,
+            "choices": [],
+            "usage": usage,
+        })));
+    }
+    events.push(done_event());
+    events
+}
+
 /// The closing `data: [DONE]` event.
 pub fn done_event() -> Event {
     Event::default().data("[DONE]")

@@ -102,7 +102,7 @@ impl ModelEngine {
         ModelLoader<P>: Send,
     {
         let dir = loader.spec().dir.clone();
-        let config = qwen2_core::Qwen2Config::from_file(dir.join("config.json"))?;
+        let config = qwen2_core::Qwen2Config::from_model(&dir)?;
         let mut context = qwen2_core::model::context_length(&config);
         if let Some(n) = loader.spec().ctx_size {
             context = context.min(n);
@@ -119,7 +119,10 @@ impl ModelEngine {
             .canonicalize()
             .unwrap_or(dir.clone())
             .file_name()
-            .map_or("qwen2".into(), |n| n.to_string_lossy().into_owned());
+            .map_or("qwen2".into(), |n| {
+                let n = n.to_string_lossy();
+                n.strip_suffix(".gguf").unwrap_or(&n).to_string()
+            });
         let TextAssets {
             tokenizer,
             template,

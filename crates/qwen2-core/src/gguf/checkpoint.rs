@@ -1,0 +1,161 @@
+//! [`GgufTensors`]: the tensors of a GGUF model under their HF names, dequantized one at a time.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use burn::tensor::{FloatDType, TensorData};
+use qwen2_gguf::{GgmlType, GgufError, GgufModel};
+
+use crate::error::{Error, Result};
+
+/// One tensor: its GGUF name and its row-major (HF) shape.
+struct Entry {
+    gguf_name: String,
+    shape: Vec<usize>,
+}
+
+/// A GGUF model's tensors by HF name. Loading one dequantizes just that tensor to f32
+/// ([`qwen2_gguf::TensorView::dequantize`]) and converts it to the plan's dtype, so memory at
+/// load is one tensor's f32 copy on top of the converted weights, never the whole file.
+pub struct GgufTensors {
+    model: GgufModel,
+    entries: HashMap<String, Entry>,
+}
+
+impl GgufTensors {
+    /// Indexes the tensors of `model` the Qwen2 graph uses (others are logged and skipped).
+    pub fn new(model: GgufModel) -> Self {
+        let mut entries = HashMap::new();
+        for view in model.tensors() {
+            match super::hf_name(view.name()) {
+                Some(hf) => {
+                    let entry = Entry {
+                        gguf_name: view.name().to_string(),
+                        shape: view.shape(),
+                    };
+                    entries.insert(hf, entry);
+                }
+                None => tracing::debug!(tensor = view.name(), "GGUF tensor not used by Qwen2"),
+            }
+        }
+        GgufTensors { model, entries }
+    }
+
+    /// The GGUF model.
+    pub fn model(&self) -> &GgufModel {
+        &self.model
+    }
+
+    /// The model's (first) file.
+    pub fn path(&self) -> &Path {
+        self.model.path()
+    }
+
+    /// The row-major shape of HF tensor `name` (`[out, in]` for a linear weight).
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Whether the model has HF tensor `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The HF names of the tensors.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// The type most of the values are stored in: `"float32"`, `"float16"`, `"bfloat16"`, or a
+    /// quantized type's lowercase ggml name (`"q8_0"`, `"q4_k"`, ...).
+    pub fn stored_dtype(&self) -> Option<&'static str> {
+        dominant_type(&self.model).map(dtype_name)
+    }
+
+    /// Dequantizes HF tensor `name` (checked against `expected`, HF layout) and converts it to
+    /// `dtype`, transposing a 2-D tensor when `transpose` is set (as
+    /// [`crate::weights::Checkpoint::load`]).
+    pub fn load(
+        &self,
+        name: &str,
+        expected: &[usize],
+        dtype: FloatDType,
+        transpose: bool,
+    ) -> Result<TensorData> {
+        let path = self.path().to_path_buf();
+        let Some(entry) = self.entries.get(name) else {
+            let gguf = super::gguf_name(name).unwrap_or_else(|| "?".into());
+            return Err(Error::MissingTensor {
+                name: name.to_string(),
+                location: format!("{} (GGUF name `{gguf}`)", path.display()),
+            });
+        };
+        let tensor_error = |message: String| Error::GgufTensor {
+            name: name.to_string(),
+            gguf_name: entry.gguf_name.clone(),
+            path: path.clone(),
+            message,
+        };
+        if entry.shape != expected {
+            return Err(tensor_error(format!(
+                "has shape {:?}, expected {expected:?} (from the GGUF metadata)",
+                entry.shape
+            )));
+        }
+        let view = self.model.tensor(&entry.gguf_name)?;
+        let values = view.dequantize().map_err(|e| {
+            tensor_error(match e {
+                GgufError::UnsupportedTensorType { type_name, .. } => format!(
+                    "ggml type {type_name} cannot be dequantized yet (supported: F32, F16, BF16, \
+                     Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K)"
+                ),
+                other => other.to_string(),
+            })
+        })?;
+        let broken = values.iter().filter(|v| !v.is_finite()).count();
+        if broken > 0 {
+            return Err(Error::BrokenTensor {
+                name: format!("{name} (GGUF `{}`)", entry.gguf_name),
+                path,
+                count: broken,
+                of: values.len(),
+            });
+        }
+        tracing::trace!(tensor = name, gguf = %entry.gguf_name, ty = %view.ggml_type().name(),
+            "dequantized");
+        crate::weights::tensor_data_from_f32(values, expected, dtype, transpose)
+    }
+}
+
+/// The ggml type most of the model's values are stored in.
+pub(crate) fn dominant_type(model: &GgufModel) -> Option<GgmlType> {
+    let mut elements: HashMap<GgmlType, u64> = HashMap::new();
+    for view in model.tensors() {
+        *elements.entry(view.ggml_type()).or_default() += view.n_elements();
+    }
+    elements
+        .into_iter()
+        .max_by_key(|&(t, n)| (n, t.id()))
+        .map(|(t, _)| t)
+}
+
+/// HF's dtype names for the float types, lowercase ggml names for the others.
+pub(crate) fn dtype_name(t: GgmlType) -> &'static str {
+    static NAMES: OnceLock<Vec<(GgmlType, String)>> = OnceLock::new();
+    match t {
+        GgmlType::F32 => "float32",
+        GgmlType::F16 => "float16",
+        GgmlType::BF16 => "bfloat16",
+        other => NAMES
+            .get_or_init(|| {
+                GgmlType::all()
+                    .iter()
+                    .map(|&t| (t, t.name().to_lowercase()))
+                    .collect()
+            })
+            .iter()
+            .find(|(t, _)| *t == other)
+            .map_or("other", |(_, n)| n.as_str()),
+    }
+}
