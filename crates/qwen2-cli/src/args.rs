@@ -62,6 +62,9 @@ pub enum Command {
     /// List the compiled backends, their devices, what the hardware probe found, and the
     /// precision plan `--precision auto` picks there, with the rule and reason.
     Doctor(DoctorArgs),
+    /// Write the model as a quantized GGUF file (q8_0, q4_0, q4_k_m, q6_k) for llama.cpp and
+    /// this engine, reporting each tensor's relative quantization error.
+    Quantize(crate::quantize_cmd::QuantizeArgs),
 }
 
 /// `qwen2 doctor`.

@@ -29,6 +29,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Doctor(a) => return doctor(a.json),
         Command::Tokenize(a) => return crate::text_cmds::tokenize(a),
         Command::Detokenize(a) => return crate::text_cmds::detokenize(a),
+        Command::Quantize(a) => return crate::quantize_cmd::quantize_cmd(a),
     };
     if let Some(dir) = model_dir(&cli.command) {
         qwen2_burn::core::engine::check_model_dir(dir)?;
@@ -73,6 +74,7 @@ fn model_dir(c: &Command) -> Option<&std::path::Path> {
         Command::Merge(a) => Some(&a.model),
         Command::Serve(a) => Some(&a.model.model),
         Command::Diagnose(a) => Some(&a.model),
+        Command::Quantize(a) => Some(&a.model),
         _ => None,
     }
 }
@@ -135,5 +137,6 @@ fn run_on<P: Platform + 'static>(cli: Cli) -> CliResult {
         Command::Doctor(a) => doctor(a.json),
         Command::Tokenize(a) => crate::text_cmds::tokenize(&a),
         Command::Detokenize(a) => crate::text_cmds::detokenize(&a),
+        Command::Quantize(a) => crate::quantize_cmd::quantize_cmd(&a),
     }
 }

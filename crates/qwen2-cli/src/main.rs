@@ -13,6 +13,7 @@ mod generate_cmd;
 mod model_setup;
 mod npy;
 mod options;
+mod quantize_cmd;
 mod serve_cmd;
 mod text_cmds;
 

@@ -98,3 +98,86 @@ fn run_on_a_gguf_file_gives_the_text_of_the_hf_directory() {
         "{err}"
     );
 }
+
+#[test]
+fn quantize_writes_a_gguf_that_runs_like_the_converted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q8.gguf");
+    let hf = fixture("tiny-chat");
+    let report = stdout_json(&[
+        "quantize",
+        "--model",
+        hf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--type",
+        "q8_0",
+        "--json",
+    ]);
+    let tensors = report["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 26);
+    for t in tensors {
+        let ty = t["ggml_type"].as_str().unwrap();
+        let err = t["rel_error"].as_f64().unwrap();
+        assert!(ty == "F32" || (ty == "Q8_0" && err < 0.01), "{t}");
+    }
+    // Greedy text equals that of the gguf-py converted Q8_0 file (same tensor bytes).
+    let run = |model: &std::path::Path| {
+        stdout_json(&[
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--precision",
+            "f32",
+            "-n",
+            "8",
+            "--json",
+            "--temperature",
+            "0",
+            "--prompt",
+            "What is the capital of France?",
+        ])
+    };
+    let converted = run(&fixture("gguf-tiny-chat/tiny-chat-q8_0.gguf"));
+    assert_eq!(run(&out)["ids"], converted["ids"]);
+
+    // The table names fallbacks; a bad type and an input file as output are refused.
+    let table = qwen2(&[
+        "quantize",
+        "--model",
+        hf.to_str().unwrap(),
+        "--out",
+        tmp.path().join("q4km.gguf").to_str().unwrap(),
+        "--type",
+        "q4_k_m",
+    ]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success(), "{text}");
+    assert!(
+        text.contains("blk.1.attn_v.weight") && text.contains("fallback from Q6_K"),
+        "{text}"
+    );
+    let bad = qwen2(&[
+        "quantize",
+        "--model",
+        hf.to_str().unwrap(),
+        "--out",
+        "x.gguf",
+        "--type",
+        "q3_k",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("q4_k_m"));
+    let cfg = hf.join("config.json");
+    let clobber = qwen2(&[
+        "quantize",
+        "--model",
+        hf.to_str().unwrap(),
+        "--out",
+        cfg.to_str().unwrap(),
+        "--type",
+        "q8_0",
+    ]);
+    assert!(!clobber.status.success());
+    assert!(String::from_utf8_lossy(&clobber.stderr).contains("refusing to overwrite"));
+}

@@ -6,7 +6,8 @@
 //!   when loaded and converted to the plan's dtype (behind [`crate::weights::Checkpoint`]);
 //! - `config`: [`crate::Qwen2Config::from_gguf`] from the `qwen2.*` metadata;
 //! - `tokenizer`: the HF `tokenizer.json` equivalent of the `tokenizer.ggml.*` metadata, the
-//!   chat template of `tokenizer.chat_template`.
+//!   chat template of `tokenizer.chat_template`;
+//! - [`export_gguf`]: a Hugging Face directory written as a quantized GGUF model.
 //!
 //! Shapes: GGUF lists dimensions innermost first (`ne0`), so a linear weight stored with
 //! `dims = [in, out]` is the row-major HF `[out, in]` matrix, byte for byte; no transpose and,
@@ -15,9 +16,14 @@
 
 mod checkpoint;
 mod config;
+mod export;
+mod export_meta;
 pub(crate) mod tokenizer;
 
 pub use checkpoint::GgufTensors;
+pub use export::{
+    export_gguf, tensor_type, use_more_bits, ExportReport, QuantScheme, TensorReport,
+};
 
 /// Names outside the layers: (GGUF, HF).
 const GLOBAL_NAMES: &[(&str, &str)] = &[
