@@ -4,17 +4,16 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::sse::Event;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::chat_messages::{template_messages, tool_setup};
 use super::error::{from_body, ApiError, OpenAiJson};
 use super::jobs::{
-    closing_events, done_event, json_event, new_id, run_blocking, sse_response, stream_error_event,
-    JobSet, ResponseMeta, UsageTotals,
+    closing_events, done_event, new_id, run_blocking, sse_response, stream_error_event, JobSet,
+    ResponseMeta, UsageTotals,
 };
-use super::logging::{LoggedUsage, StreamLog, StreamLogged};
+use super::logging::{StreamLog, StreamLogged};
 use super::request::{ChatCompletionRequest, SamplingFields};
 use super::tool_calls::{parse_tool_calls, ParsedToolCall, ToolCallStreamParser, ToolStreamOutput};
 use super::validate::{check_context, validate_sampling, MAX_TOP_LOGPROBS};
@@ -206,18 +205,7 @@ async fn collect_answer(
             "finish_reason": finish_reason,
         }));
     }
-    let body = json!({
-        "id": meta.id,
-        "object": "chat.completion",
-        "created": meta.created,
-        "model": meta.model,
-        "choices": body_choices,
-        "usage": usage.to_json(),
-        "system_fingerprint": null,
-    });
-    let mut response = Json(body).into_response();
-    response.extensions_mut().insert(LoggedUsage(usage));
-    Ok(response)
+    Ok(meta.response("chat.completion", body_choices, usage))
 }
 
 /// The state of one streamed chat answer.
@@ -342,22 +330,8 @@ impl ChatStream {
         logprobs: Option<Value>,
         finish_reason: Option<&str>,
     ) -> Event {
-        let mut chunk = json!({
-            "id": self.meta.id,
-            "object": "chat.completion.chunk",
-            "created": self.meta.created,
-            "model": self.meta.model,
-            "system_fingerprint": null,
-            "choices": [{
-                "index": index,
-                "delta": delta,
-                "logprobs": logprobs,
-                "finish_reason": finish_reason,
-            }],
-        });
-        if let (true, Some(object)) = (self.include_usage, chunk.as_object_mut()) {
-            object.insert("usage".into(), Value::Null);
-        }
-        json_event(&chunk)
+        let choice = json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason});
+        self.meta
+            .chunk_event("chat.completion.chunk", choice, self.include_usage)
     }
 }

@@ -4,16 +4,15 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::sse::Event;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use super::error::{from_body, ApiError, OpenAiJson};
 use super::jobs::{
-    closing_events, done_event, json_event, run_blocking, sse_response, stream_error_event, JobSet,
+    closing_events, done_event, run_blocking, sse_response, stream_error_event, JobSet,
     ResponseMeta, UsageTotals,
 };
-use super::logging::{LoggedUsage, StreamLog, StreamLogged};
+use super::logging::{StreamLog, StreamLogged};
 use super::request::{CompletionRequest, SamplingFields};
 use super::validate::{check_context, validate_sampling};
 use super::AppState;
@@ -229,18 +228,7 @@ async fn collect_answer(
             json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason})
         })
         .collect();
-    let body = json!({
-        "id": meta.id,
-        "object": "text_completion",
-        "created": meta.created,
-        "model": meta.model,
-        "choices": choices,
-        "usage": usage.to_json(),
-        "system_fingerprint": null,
-    });
-    let mut response = Json(body).into_response();
-    response.extensions_mut().insert(LoggedUsage(usage));
-    Ok(response)
+    Ok(meta.response("text_completion", choices, usage))
 }
 
 /// The state of one streamed completion.
@@ -310,23 +298,9 @@ impl CompletionStream {
         logprobs: Option<Value>,
         finish_reason: Option<&str>,
     ) -> Event {
-        let mut chunk = json!({
-            "id": self.meta.id,
-            "object": "text_completion",
-            "created": self.meta.created,
-            "model": self.meta.model,
-            "system_fingerprint": null,
-            "choices": [{
-                "index": index,
-                "text": text,
-                "logprobs": logprobs,
-                "finish_reason": finish_reason,
-            }],
-        });
-        if let (true, Some(object)) = (self.include_usage, chunk.as_object_mut()) {
-            object.insert("usage".into(), Value::Null);
-        }
-        json_event(&chunk)
+        let choice = json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason});
+        self.meta
+            .chunk_event("text_completion", choice, self.include_usage)
     }
 }
 

@@ -163,6 +163,42 @@ pub struct ResponseMeta {
 }
 
 impl ResponseMeta {
+    /// The whole (non-streamed) response of `object` (`chat.completion`, `text_completion`)
+    /// with `choices` and `usage`; the usage rides along for the request log.
+    pub fn response(&self, object: &str, choices: Vec<Value>, usage: UsageTotals) -> Response {
+        let body = json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": usage.to_json(),
+            "system_fingerprint": null,
+        });
+        let mut response = axum::Json(body).into_response();
+        response
+            .extensions_mut()
+            .insert(super::logging::LoggedUsage(usage));
+        response
+    }
+
+    /// One stream chunk of `object` carrying one `choice`; with `include_usage` it has
+    /// `"usage": null` (only the closing chunk carries usage).
+    pub fn chunk_event(&self, object: &str, choice: Value, include_usage: bool) -> Event {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": [choice],
+        });
+        if let (true, Some(fields)) = (include_usage, chunk.as_object_mut()) {
+            fields.insert("usage".into(), Value::Null);
+        }
+        json_event(&chunk)
+    }
+
     /// A fresh id with `prefix`.
     pub fn new(prefix: &str, model: &str) -> Self {
         Self {
