@@ -121,7 +121,6 @@ unsafe fn q2_k_kernel<E: IntDot, const N: usize>(
     xs: [*const BlockQ8K; N],
 ) -> [f32; N] {
     let mut acc = Accumulators::<N>::new();
-    let m3 = _mm256_set1_epi8(3);
     let m4 = _mm_set1_epi8(0x0F);
     for ib in 0..nb {
         let block = w.add(ib * 84);
@@ -133,12 +132,7 @@ unsafe fn q2_k_kernel<E: IntDot, const N: usize>(
         let mut sumi = [_mm256_setzero_si256(); N];
         for half in 0..2 {
             let bits = load_32(block.add(16 + 32 * half));
-            let q = [
-                _mm256_and_si256(bits, m3),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(bits), m3),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m3),
-                _mm256_and_si256(_mm256_srli_epi16::<6>(bits), m3),
-            ];
+            let q = two_bit_fields(bits);
             for (k, &qk) in q.iter().enumerate() {
                 let pair = scale_pair(scales, 8 * half + 2 * k);
                 accumulate::<E, N>(&mut sumi, &acts, 128 * half + 32 * k, qk, pair);
@@ -153,6 +147,22 @@ unsafe fn q2_k_kernel<E: IntDot, const N: usize>(
         }
     }
     acc.finish()
+}
+
+/// The four 2-bit fields of every byte of `bits` (bits 0–1, 2–3, 4–5, 6–7), each as bytes
+/// 0..=3: the quant layout Q2_K and Q3_K share.
+///
+/// # Safety
+/// AVX2 must be enabled in the caller.
+#[inline(always)]
+unsafe fn two_bit_fields(bits: __m256i) -> [__m256i; 4] {
+    let m3 = _mm256_set1_epi8(3);
+    [
+        _mm256_and_si256(bits, m3),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(bits), m3),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m3),
+        _mm256_and_si256(_mm256_srli_epi16::<6>(bits), m3),
+    ]
 }
 
 /// The 16 signed Q3_K scales (`−32..=31`) from their 12 packed bytes at `p`, as bytes.
@@ -180,7 +190,6 @@ unsafe fn q3_k_kernel<E: IntDot, const N: usize>(
     xs: [*const BlockQ8K; N],
 ) -> [f32; N] {
     let mut acc = Accumulators::<N>::new();
-    let m3 = _mm256_set1_epi8(3);
     let four = _mm256_set1_epi8(4);
     for ib in 0..nb {
         let block = w.add(ib * 110);
@@ -193,12 +202,7 @@ unsafe fn q3_k_kernel<E: IntDot, const N: usize>(
         let mut sumi = [_mm256_setzero_si256(); N];
         for half in 0..2 {
             let bits = load_32(block.add(32 + 32 * half));
-            let low = [
-                _mm256_and_si256(bits, m3),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(bits), m3),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m3),
-                _mm256_and_si256(_mm256_srli_epi16::<6>(bits), m3),
-            ];
+            let low = two_bit_fields(bits);
             for (k, &low_k) in low.iter().enumerate() {
                 let set = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, high_mask), high_mask);
                 high_mask = _mm256_slli_epi16::<1>(high_mask);
