@@ -88,7 +88,8 @@ fn prompts(e: &ModelEngine) -> Vec<Vec<u32>> {
 fn sixteen_concurrent_requests_get_what_each_gets_alone() {
     let options = EngineOptions {
         max_seqs: 4,
-        idle_caches: 0, // no prefix reuse: every request prefills its whole prompt
+        idle_caches: 0,   // no prefix reuse: every request prefills its whole prompt
+        prefill_chunk: 7, // several chunks per prompt, interleaved with other rows' decoding
         ..Default::default()
     };
     let e = engine(&fixture("tiny-chat"), Choice::Fixed(Policy::F32), options);

@@ -260,19 +260,22 @@ fn prefill_one_chunk<P: Platform>(
         model.forward(&s.ids[next..end], &mut s.cache, LogitsFor::Last)
     });
     shared.stats(|st| st.prompt_tokens_total += (end - next) as u64);
-    let logits = match result.and_then(|l| to_rows(l, 1)) {
-        Ok(rows) => rows,
+    // Only the prompt's last chunk has logits anyone reads.
+    let last = end == s.ids.len();
+    match result.and_then(|l| {
+        if last {
+            to_rows(l, 1).map(Some)
+        } else {
+            Ok(None)
+        }
+    }) {
+        Ok(Some(logits)) => on_row(shared, s, &logits[0], i, finished),
+        Ok(None) => s.phase = Phase::Prefill { next: end },
         Err(e) => {
             s.fail(e.to_string());
             finished.push(i);
-            return;
         }
-    };
-    if end < s.ids.len() {
-        s.phase = Phase::Prefill { next: end };
-        return;
     }
-    on_row(shared, s, &logits[0], i, finished);
 }
 
 /// One batched decode step per plan over every sequence that waits to feed its last token.
