@@ -67,28 +67,49 @@ pub fn prefill_progress() -> Option<ProgressFn> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
-    // (when this prefill started, whether a line is drawn)
-    let state = Mutex::new((Instant::now(), false));
+    let line = Mutex::new(PrefillLine::default());
     Some(ProgressFn(Arc::new(move |done, total| {
-        let Ok(mut s) = state.lock() else { return };
-        if done == 0 {
-            *s = (Instant::now(), false);
-            return;
-        }
-        let secs = s.0.elapsed().as_secs_f64();
-        if done >= total {
-            if s.1 {
-                eprint!("\r\x1b[K");
-                s.1 = false;
-            }
-        } else if s.1 || secs > 1.0 {
-            eprint!(
-                "\rprefill {done}/{total} tokens, {:.1} tok/s",
-                done as f64 / secs.max(1e-9)
-            );
-            s.1 = true;
+        let Ok(mut line) = line.lock() else { return };
+        let now = Instant::now();
+        if let Some(text) = line.update(done, total, now) {
+            eprint!("{text}");
         }
     })))
+}
+
+/// The state of the prefill progress line: when this prefill started, whether a line is drawn.
+#[derive(Debug, Default)]
+struct PrefillLine {
+    start: Option<Instant>,
+    drawn: bool,
+}
+
+impl PrefillLine {
+    /// What to write to the terminal for progress `(done, total)` at `now`, if anything:
+    /// nothing during the first second, then the line redrawn in place, then erased at the end.
+    fn update(&mut self, done: usize, total: usize, now: Instant) -> Option<String> {
+        if done == 0 {
+            *self = PrefillLine {
+                start: Some(now),
+                drawn: false,
+            };
+            return None;
+        }
+        let secs = now
+            .duration_since(*self.start.get_or_insert(now))
+            .as_secs_f64();
+        if done >= total {
+            return std::mem::take(&mut self.drawn).then(|| "\r\x1b[K".to_string());
+        }
+        if !self.drawn && secs <= 1.0 {
+            return None;
+        }
+        self.drawn = true;
+        Some(format!(
+            "\rprefill {done}/{total} tokens, {:.1} tok/s",
+            done as f64 / secs.max(1e-9)
+        ))
+    }
 }
 
 /// Which plan ran and why, for the stats lines: `bf16 plan, auto: rule cpu-bf16-checkpoint`,
@@ -139,4 +160,38 @@ pub fn print_flush(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PrefillLine;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_prefill_line_waits_a_second_then_redraws_and_erases() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut line = PrefillLine::default();
+        assert_eq!(line.update(0, 4096, at(0)), None);
+        assert_eq!(
+            line.update(512, 4096, at(600)),
+            None,
+            "quiet in the first second"
+        );
+        assert_eq!(
+            line.update(1024, 4096, at(1200)).as_deref(),
+            Some("\rprefill 1024/4096 tokens, 853.3 tok/s")
+        );
+        assert_eq!(
+            line.update(2048, 4096, at(1600)).as_deref(),
+            Some("\rprefill 2048/4096 tokens, 1280.0 tok/s")
+        );
+        assert_eq!(
+            line.update(4096, 4096, at(2000)).as_deref(),
+            Some("\r\x1b[K")
+        );
+        // A short prefill draws nothing at all, not even the erase.
+        assert_eq!(line.update(0, 100, at(3000)), None);
+        assert_eq!(line.update(100, 100, at(3100)), None);
+    }
 }
