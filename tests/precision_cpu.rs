@@ -52,7 +52,7 @@ fn each_plan_holds_each_role_in_its_dtype() {
     for (policy, residual, gate, down, logits) in expect {
         let model = load("untied-bf16-mqa", policy.plan());
         assert_eq!(
-            model.embed_tokens.dtype(),
+            model.embed_tokens.dense().unwrap().dtype(),
             DType::from(policy.plan().weights),
             "{policy}"
         );

@@ -88,8 +88,8 @@ pub enum OnNonFinite {
 #[derive(Args, Debug)]
 pub struct ModelArgs {
     /// Model directory (config.json and *.safetensors), or a GGUF model (FILE.gguf, the first
-    /// shard NAME-00001-of-0000N.gguf, or a directory holding one; weights are dequantized at
-    /// load).
+    /// shard NAME-00001-of-0000N.gguf, or a directory holding one). On the CPU a GGUF's
+    /// quantized weights stay quantized; other backends dequantize them at load.
     #[arg(long, short = 'm', value_name = "DIR|GGUF")]
     pub model: PathBuf,
 
@@ -121,6 +121,14 @@ pub struct ModelArgs {
     /// with finish reason `length`.
     #[arg(long, short = 'c', value_name = "N")]
     pub ctx_size: Option<usize>,
+
+    /// Hold the projection weights quantized in memory (CPU backend): q8_0, q4_0, q4_k or q6_k
+    /// quantize a checkpoint's projections at load (embeddings and norms stay as they are; the
+    /// output head gets q6_k, as llama.cpp gives it; matrices whose rows are not whole blocks
+    /// take llama.cpp's fallback type). `none` dequantizes a GGUF model at load instead of
+    /// keeping its quantized weights [default: keep a GGUF's weights as stored].
+    #[arg(long, value_name = "q8_0|q4_0|q4_k|q6_k|none")]
+    pub quantize: Option<String>,
 }
 
 /// Token selection and stopping; unset options take generation_config.json's values.

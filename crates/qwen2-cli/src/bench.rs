@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::tensor::FloatDType;
 use qwen2_burn::core::sampling::argmax;
-use qwen2_burn::core::{LogitsFor, Platform, Policy, Qwen2Model};
+use qwen2_burn::core::{LogitsFor, Platform, Policy};
 
 use crate::args::BenchArgs;
 use crate::model_setup::{load, loader, CliResult};
@@ -77,28 +77,6 @@ pub fn memory_bandwidth() -> (f64, f64) {
         copy = copy.max((2 * n * 4) as f64 / t.elapsed().as_secs_f64());
     }
     (read, copy)
-}
-
-/// Bytes of weights one decode step reads: every matrix of every layer plus the lm_head (the
-/// embedding contributes one row), in the plan's weight dtype.
-fn weight_bytes_per_token<B: burn::prelude::Backend>(
-    model: &Qwen2Model<B>,
-    dtype: FloatDType,
-) -> f64 {
-    let c = model.config();
-    let (h, i, kv) = (
-        c.hidden_size,
-        c.intermediate_size,
-        c.num_key_value_heads * c.head_dim,
-    );
-    let q = c.num_attention_heads * c.head_dim;
-    let per_layer = h * q + 2 * h * kv + q * h + 3 * h * i;
-    let elems = c.num_hidden_layers * per_layer + c.vocab_size * h;
-    let size = match dtype {
-        FloatDType::F32 => 4.0,
-        _ => 2.0,
-    };
-    elems as f64 * size
 }
 
 /// The prompt: ids from `--ids FILE` (comma/space/newline separated), else a fixed spread
@@ -183,23 +161,14 @@ pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
     // GPU backends: what the device allocator holds after the runs (null on the CPU).
     let device_memory = P::device_memory(&device);
     let (read_bandwidth, copy_bandwidth) = memory_bandwidth();
-    let weight_bytes = weight_bytes_per_token(&model, model.plan().weights);
-    // Stored weights: what a token reads, plus the embedding when the head is separate.
-    let c = model.config();
-    let element = if model.plan().weights == FloatDType::F32 {
-        4.0
-    } else {
-        2.0
-    };
-    let stored_bytes = weight_bytes
-        + if c.tie_word_embeddings {
-            0.0
-        } else {
-            (c.vocab_size * c.hidden_size) as f64 * element
-        };
+    // What a token reads (every projection and the head once, as stored: dense or quantized),
+    // and what is held (plus the embedding when the head is not the embedding itself).
+    let weight_bytes = model.projection_bytes() as f64;
+    let stored_bytes = model.stored_weight_bytes() as f64;
     let report = serde_json::json!({
         "backend": P::NAME,
         "precision": policy.name(),
+        "weights": model.weight_storage_text(),
         "model": a.model.model.display().to_string(),
         "prompt_tokens": prompt.len(),
         "gen_tokens": a.gen,
@@ -237,11 +206,13 @@ fn summary(r: &serde_json::Value) -> String {
     };
     let mb = |k: &str| r[k].as_f64().map(|b| b / 1e6);
     let mut out = format!(
-        "{} backend, {} plan, {} threads: {}-token prompt, {} generated, {} repetitions\n  \
+        "{} backend, {} plan, weights {}, {} threads: {}-token prompt, {} generated, {} \
+         repetitions\n  \
          load            {:.2} s\n  prefill         {} tok/s\n  first token     {:.0} ms\n  \
          decode          {} tok/s (memory-bandwidth bound {:.1} tok/s)",
         r["backend"].as_str().unwrap_or("?"),
         r["precision"].as_str().unwrap_or("?"),
+        r["weights"].as_str().unwrap_or("?"),
         r["threads"],
         r["prompt_tokens"],
         r["gen_tokens"],

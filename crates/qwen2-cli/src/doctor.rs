@@ -18,6 +18,7 @@ pub fn backend_report<P: Platform>() -> serde_json::Value {
             // Some tables follow the checkpoint's dtype: show the bf16 pick when it differs.
             let bf16 = ModelFacts {
                 checkpoint_dtype: Some("bfloat16".into()),
+                quantized_weights: false,
             };
             let auto_bf16 = table
                 .select_for(&hw, &bf16, Choice::Auto)

@@ -9,6 +9,7 @@ use std::time::Instant;
 use qwen2_burn::core::engine::{ModelLoader, ModelSpec};
 use qwen2_burn::core::fallback::Outcome;
 use qwen2_burn::core::generate::ProgressFn;
+use qwen2_burn::core::model::{QuantTarget, WeightQuantization};
 use qwen2_burn::core::{Platform, Policy, Qwen2Model};
 
 use crate::args::{ModelArgs, OnNonFinite};
@@ -24,6 +25,14 @@ pub fn model_spec(args: &ModelArgs) -> CliResult<ModelSpec> {
         precision: args.precision.parse()?,
         fallback: args.on_nonfinite.map(|o| o == OnNonFinite::Fallback),
         ctx_size: args.ctx_size,
+        quantization: match args.quantize.as_deref() {
+            None => WeightQuantization::Stored,
+            Some("none") => WeightQuantization::Dense,
+            Some(t) => WeightQuantization::To(
+                t.parse::<QuantTarget>()
+                    .map_err(|e| format!("--quantize: {e}, or none"))?,
+            ),
+        },
     })
 }
 
@@ -124,7 +133,12 @@ pub fn plan_note<P: Platform>(loader: &ModelLoader<P>, policy: Policy) -> String
             None => "as requested".to_string(),
         }
     };
-    format!("{policy} plan, {why}")
+    let weights = match loader.spec().quantization {
+        _ if !loader.quantized_weights() => String::new(),
+        WeightQuantization::To(t) => format!(", weights quantized to {t} at load"),
+        _ => ", GGUF weights kept quantized".to_string(),
+    };
+    format!("{policy} plan, {why}{weights}")
 }
 
 /// Tells the user about plans that overflowed before the one that worked.

@@ -11,6 +11,7 @@ use crate::config::Qwen2Config;
 use crate::error::{Error, Result};
 use crate::fallback::{run_with_fallback, Outcome};
 use crate::generate::GenerateOptions;
+use crate::model::WeightQuantization;
 use crate::monitor::MonitorMode;
 use crate::precision::{Choice, Hardware, ModelFacts, Policy, Resolved};
 use crate::text::{ChatTemplate, GenerationConfig, SamplingOverrides, TextTokenizer};
@@ -31,6 +32,9 @@ pub struct ModelSpec {
     pub fallback: Option<bool>,
     /// The KV cache capacity in positions (at most the model's context); `None`: the context.
     pub ctx_size: Option<usize>,
+    /// How projection weights are held: by default a GGUF model's quantized tensors stay
+    /// quantized on backends with quantized kernels (see [`WeightQuantization`]).
+    pub quantization: WeightQuantization,
 }
 
 impl ModelSpec {
@@ -42,6 +46,7 @@ impl ModelSpec {
             precision: Choice::Auto,
             fallback: None,
             ctx_size: None,
+            quantization: WeightQuantization::Stored,
         }
     }
 }
@@ -53,6 +58,7 @@ pub struct ModelLoader<P: Platform> {
     hardware: Hardware,
     resolved: Resolved,
     fallback: bool,
+    quantized_weights: bool,
 }
 
 impl<P: Platform> ModelLoader<P> {
@@ -65,7 +71,22 @@ impl<P: Platform> ModelLoader<P> {
     /// Resolves `spec` on `device`.
     pub fn on_device(spec: ModelSpec, device: burn::tensor::Device<P::B>) -> Result<Self> {
         check_model_dir(&spec.dir)?;
-        let facts = ModelFacts::from_checkpoint(&crate::weights::Checkpoint::open(&spec.dir)?);
+        let ckpt = crate::weights::Checkpoint::open(&spec.dir)?;
+        let stored_quantized = ckpt.gguf().is_some()
+            && !matches!(
+                ckpt.stored_dtype(),
+                Some("float32" | "float16" | "bfloat16") | None
+            );
+        let facts = ModelFacts {
+            quantized_weights: P::multiplies_quantized()
+                && match spec.quantization {
+                    WeightQuantization::Dense => false,
+                    WeightQuantization::Stored => stored_quantized,
+                    WeightQuantization::To(_) => true,
+                },
+            ..ModelFacts::from_checkpoint(&ckpt)
+        };
+        drop(ckpt);
         let hardware = P::probe(&device);
         let resolved = P::policy_table().select_for(&hardware, &facts, spec.precision)?;
         tracing::info!(hardware = %hardware, policy = %resolved.policy, rule = ?resolved.rule,
@@ -77,6 +98,7 @@ impl<P: Platform> ModelLoader<P> {
             hardware,
             resolved,
             fallback,
+            quantized_weights: facts.quantized_weights,
         })
     }
 
@@ -98,6 +120,12 @@ impl<P: Platform> ModelLoader<P> {
     /// The plan to run first, its reason and the safer plans after it.
     pub fn resolved(&self) -> &Resolved {
         &self.resolved
+    }
+
+    /// Whether the projection weights will be held quantized (a GGUF's quantized tensors on a
+    /// backend with quantized kernels, or [`WeightQuantization::To`]).
+    pub fn quantized_weights(&self) -> bool {
+        self.quantized_weights
     }
 
     /// Whether a non-finite result falls back to the next plan.
@@ -128,7 +156,13 @@ impl<P: Platform> ModelLoader<P> {
     ) -> Result<Qwen2Model<P::B>> {
         tracing::info!(backend = P::NAME, %policy, model = %self.spec.dir.display(), "loading");
         let start = std::time::Instant::now();
-        let mut model = P::load_model(&self.spec.dir, policy.plan(), &self.device, progress)?;
+        let mut model = P::load_model_quantized(
+            &self.spec.dir,
+            policy.plan(),
+            self.spec.quantization,
+            &self.device,
+            progress,
+        )?;
         if let Some(dir) = &self.spec.adapter {
             let adapter = crate::adapter::Adapter::open(dir)?;
             adapter.attach(&mut model, burn::tensor::FloatDType::F32)?;

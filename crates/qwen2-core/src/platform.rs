@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::Result;
-use crate::model::{FusedKernels, MatmulKernel, Qwen2Model};
+use crate::error::{Error, Result};
+use crate::model::{FusedKernels, MatmulKernel, Qwen2Model, WeightQuantization};
 use crate::precision::{Hardware, PolicyTable, PrecisionPlan};
 
 /// Device memory as a GPU backend's allocator reports it.
@@ -50,15 +50,49 @@ pub trait Platform {
         None
     }
 
-    /// Loads a model and installs [`Platform::matmul_kernel`] and [`Platform::fused_kernels`]; `progress(done, total)` is called
-    /// after each loading step.
+    /// Whether projection weights can stay quantized in memory on this backend (its
+    /// [`MatmulKernel::matmul_quantized`] multiplies ggml blocks directly). Elsewhere a GGUF
+    /// model is dequantized at load into the plan's dtype and `--quantize` is refused.
+    fn multiplies_quantized() -> bool {
+        false
+    }
+
+    /// Loads a model (every weight dense) and installs [`Platform::matmul_kernel`] and
+    /// [`Platform::fused_kernels`]; `progress(done, total)` is called after each loading step.
     fn load_model(
         dir: impl AsRef<Path>,
         plan: PrecisionPlan,
         device: &burn::tensor::Device<Self::B>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Qwen2Model<Self::B>> {
-        let mut model = Qwen2Model::load_with_progress(dir, plan, device, progress)?;
+        Self::load_model_quantized(dir, plan, WeightQuantization::Dense, device, progress)
+    }
+
+    /// [`Platform::load_model`] with projections held as `quant` says. Without quantized
+    /// kernels ([`Platform::multiplies_quantized`]), [`WeightQuantization::Stored`] loads
+    /// dense and [`WeightQuantization::To`] is an error.
+    fn load_model_quantized(
+        dir: impl AsRef<Path>,
+        plan: PrecisionPlan,
+        quant: WeightQuantization,
+        device: &burn::tensor::Device<Self::B>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Qwen2Model<Self::B>> {
+        let quant = match quant {
+            WeightQuantization::Stored if !Self::multiplies_quantized() => {
+                WeightQuantization::Dense
+            }
+            WeightQuantization::To(t) if !Self::multiplies_quantized() => {
+                return Err(Error::Invalid(format!(
+                    "--quantize {t}: backend `{}` has no quantized kernels yet (they are later \
+                     work); use --backend cpu, or load a GGUF file, which is dequantized at load \
+                     on this backend",
+                    Self::NAME
+                )))
+            }
+            q => q,
+        };
+        let mut model = Qwen2Model::load_quantized(dir, plan, quant, device, progress)?;
         if let Some(kernel) = Self::matmul_kernel() {
             model.set_matmul_kernel(kernel);
         }

@@ -171,6 +171,11 @@ impl Checkpoint {
         }
     }
 
+    /// Where the checkpoint was read from (a directory, file or list of shards), for messages.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
     /// The GGUF model, when this checkpoint is one.
     pub fn gguf(&self) -> Option<&qwen2_gguf::GgufModel> {
         self.gguf.as_ref().map(GgufTensors::model)
@@ -222,6 +227,20 @@ impl Checkpoint {
             .keys()
             .map(String::as_str)
             .chain(self.gguf.iter().flat_map(GgufTensors::names))
+    }
+
+    /// Tensor `name`'s quantized blocks, when the checkpoint is a GGUF model that stores it in a
+    /// type the quantized kernels multiply directly (see [`GgufTensors::quantized`]); `None`
+    /// for safetensors checkpoints and float tensors.
+    pub fn quantized(
+        &self,
+        name: &str,
+        expected: &[usize],
+    ) -> Result<Option<(qwen2_gguf::GgmlType, Vec<u8>)>> {
+        match &self.gguf {
+            Some(g) => g.quantized(name, expected),
+            None => Ok(None),
+        }
     }
 
     /// Reads tensor `name`, checks its shape against `expected` (HF layout), converts it to

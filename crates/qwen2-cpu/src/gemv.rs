@@ -12,6 +12,7 @@ use burn::tensor::{DType, FloatDType};
 use burn_flex::{Flex, FlexTensor};
 use half::bf16;
 use qwen2_core::model::MatmulKernel;
+use qwen2_quant::QuantMatrix;
 use rayon::prelude::*;
 
 use crate::gemm::Lanes;
@@ -89,6 +90,24 @@ impl MatmulKernel<Flex> for CpuGemv {
             _ => return None,
         };
         Some(crate::host::from_f32(y, [m, n], compute))
+    }
+
+    /// Quantized weights: the rows read without a copy through burn (f32 storage is borrowed
+    /// as is), quantized per block to 8 bits, multiplied by qwen2-quant's kernels for this CPU
+    /// (AVX-512 VNNI, AVX2 or portable; `QWEN2_QUANT_PATH` forces one).
+    fn matmul_quantized(
+        &self,
+        x: &Tensor<Flex, 2>,
+        weight: &QuantMatrix,
+        compute: FloatDType,
+    ) -> Option<Tensor<Flex, 2>> {
+        let [m, k] = x.dims();
+        if k != weight.cols() {
+            return None;
+        }
+        let xs = crate::host::to_f32(x);
+        let y = qwen2_core::model::quantized_rows(&xs, m, weight);
+        Some(crate::host::from_f32(y, [m, weight.rows()], compute))
     }
 }
 

@@ -35,6 +35,15 @@ pub static CPU_POLICY_TABLE: PolicyTable = PolicyTable {
     backend: "cpu",
     rules: &[
         Rule {
+            name: "cpu-quantized",
+            applies: |hw, model| hw.kind == DeviceKind::Cpu && model.quantized_weights,
+            policy: Policy::F32,
+            reason: "CPU with projection weights kept quantized (a GGUF model, or --quantize): the \
+                     integer kernels quantize each f32 activation block to 8 bits as llama.cpp \
+                     does, and the rest of the graph runs in f32, exact against the reference on \
+                     the dequantized weights",
+        },
+        Rule {
             name: "cpu-bf16-checkpoint",
             applies: |hw, model| hw.kind == DeviceKind::Cpu && model.is_bf16_checkpoint(),
             policy: Policy::Bf16,
@@ -66,6 +75,10 @@ impl Platform for Cpu {
 
     fn matmul_kernel() -> Option<std::sync::Arc<dyn qwen2_core::model::MatmulKernel<Flex>>> {
         Some(gemv::kernel())
+    }
+
+    fn multiplies_quantized() -> bool {
+        true
     }
 
     fn fused_kernels() -> Option<std::sync::Arc<dyn qwen2_core::model::FusedKernels<Flex>>> {
@@ -152,6 +165,7 @@ mod tests {
     fn auto_follows_a_bf16_checkpoint_and_is_f32_otherwise() {
         let facts = |dtype: Option<&str>| qwen2_core::precision::ModelFacts {
             checkpoint_dtype: dtype.map(String::from),
+            quantized_weights: false,
         };
         for hw in [cpu(&["avx2"]), cpu(&["avx2", "avx512f", "avx512bf16"])] {
             let r = CPU_POLICY_TABLE

@@ -73,6 +73,39 @@ impl GgufTensors {
         dominant_type(&self.model).map(dtype_name)
     }
 
+    /// HF tensor `name`'s stored blocks when its type is one the quantized kernels multiply
+    /// directly ([`qwen2_quant::SUPPORTED_WEIGHT_TYPES`]): the type and a copy of its bytes, with
+    /// the shape checked against `expected` (HF layout). `None` for float types (F32/F16/BF16).
+    pub fn quantized(&self, name: &str, expected: &[usize]) -> Result<Option<(GgmlType, Vec<u8>)>> {
+        let Some(entry) = self.entries.get(name) else {
+            return Err(Error::MissingTensor {
+                name: name.to_string(),
+                location: format!(
+                    "{} (GGUF name `{}`)",
+                    self.path().display(),
+                    super::gguf_name(name).unwrap_or_else(|| "?".into())
+                ),
+            });
+        };
+        if entry.shape != expected {
+            return Err(Error::GgufTensor {
+                name: name.to_string(),
+                gguf_name: entry.gguf_name.clone(),
+                path: self.path().to_path_buf(),
+                message: format!(
+                    "has shape {:?}, expected {expected:?} (from the GGUF metadata)",
+                    entry.shape
+                ),
+            });
+        }
+        let view = self.model.tensor(&entry.gguf_name)?;
+        let ty = view.ggml_type();
+        if !qwen2_quant::SUPPORTED_WEIGHT_TYPES.contains(&ty) {
+            return Ok(None);
+        }
+        Ok(Some((ty, view.data().to_vec())))
+    }
+
     /// Dequantizes HF tensor `name` (checked against `expected`, HF layout) and converts it to
     /// `dtype`, transposing a 2-D tensor when `transpose` is set (as
     /// [`crate::weights::Checkpoint::load`]).

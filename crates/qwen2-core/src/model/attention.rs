@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::batch::Batch;
 use super::fused::FusedKernels;
 use super::linear::Linear;
+use super::quantized::WeightQuantization;
 use super::rope::Rope;
 use crate::config::Qwen2Config;
 use crate::error::Result;
@@ -40,6 +41,7 @@ impl<B: Backend> Attention<B> {
         prefix: &str,
         c: &Qwen2Config,
         dtype: FloatDType,
+        quant: WeightQuantization,
         device: &B::Device,
     ) -> Result<Self> {
         let (h, q, kv) = (
@@ -48,7 +50,8 @@ impl<B: Backend> Attention<B> {
             c.num_key_value_heads * c.head_dim,
         );
         let lin = |name: &str, i, o, bias| {
-            Linear::load(ckpt, &format!("{prefix}.{name}"), i, o, bias, dtype, device)
+            let name = format!("{prefix}.{name}");
+            Linear::load(ckpt, &name, i, o, bias, dtype, quant, device)
         };
         Ok(Attention {
             q_proj: lin("q_proj", h, q, true)?,

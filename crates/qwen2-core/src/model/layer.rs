@@ -7,6 +7,7 @@ use super::attention::Attention;
 use super::batch::Batch;
 use super::mlp::{observe, Mlp};
 use super::norm::RmsNorm;
+use super::quantized::WeightQuantization;
 use super::rope::Rope;
 use crate::config::Qwen2Config;
 use crate::error::Result;
@@ -35,6 +36,7 @@ impl<B: Backend> DecoderLayer<B> {
         index: usize,
         c: &Qwen2Config,
         dtype: FloatDType,
+        quant: WeightQuantization,
         device: &B::Device,
     ) -> Result<Self> {
         let p = format!("model.layers.{index}");
@@ -50,9 +52,9 @@ impl<B: Backend> DecoderLayer<B> {
         };
         Ok(DecoderLayer {
             input_layernorm: norm("input_layernorm")?,
-            self_attn: Attention::load(ckpt, &format!("{p}.self_attn"), c, dtype, device)?,
+            self_attn: Attention::load(ckpt, &format!("{p}.self_attn"), c, dtype, quant, device)?,
             post_attention_layernorm: norm("post_attention_layernorm")?,
-            mlp: Mlp::load(ckpt, &format!("{p}.mlp"), c, dtype, device)?,
+            mlp: Mlp::load(ckpt, &format!("{p}.mlp"), c, dtype, quant, device)?,
             index,
         })
     }

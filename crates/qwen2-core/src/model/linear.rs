@@ -6,7 +6,10 @@ use std::sync::Arc;
 use burn::prelude::{Backend, Tensor};
 use burn::tensor::FloatDType;
 
+use qwen2_quant::QuantMatrix;
+
 use super::lora::LoraAdapter;
+use super::quantized::{host_quantized_product, ProjectionWeight, WeightQuantization};
 use crate::error::Result;
 use crate::weights::Checkpoint;
 
@@ -23,13 +26,25 @@ pub trait MatmulKernel<B: Backend>: Send + Sync {
         weight: &Tensor<B, 2>,
         compute: FloatDType,
     ) -> Option<Tensor<B, 2>>;
+
+    /// `x` `[m, in]` × the quantized `weight`ᵀ (`[out, in]` in ggml blocks) → `[m, out]` in
+    /// `compute`, or `None` to leave it to [`host_quantized_product`] (same arithmetic, through
+    /// a copy of `x` on the host).
+    fn matmul_quantized(
+        &self,
+        _x: &Tensor<B, 2>,
+        _weight: &QuantMatrix,
+        _compute: FloatDType,
+    ) -> Option<Tensor<B, 2>> {
+        None
+    }
 }
 
 /// A linear projection.
 pub struct Linear<B: Backend> {
     /// Weight, `[out, in]` (HF's layout, so gradients and saved files need no transpose), in
-    /// the plan's weight dtype.
-    pub weight: Tensor<B, 2>,
+    /// the plan's weight dtype, or kept quantized (inference on backends with quantized kernels).
+    pub weight: ProjectionWeight<B>,
     /// Bias, `[out]`, if the HF module has one.
     pub bias: Option<Tensor<B, 1>>,
     /// A faster product for some shapes, installed by the backend.
@@ -39,7 +54,9 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`) of an HF `nn.Linear(inp, out)`.
+    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`) of an HF `nn.Linear(inp, out)`,
+    /// the weight held as `quant` says (biases are always dense).
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         ckpt: &Checkpoint,
         prefix: &str,
@@ -47,10 +64,18 @@ impl<B: Backend> Linear<B> {
         out: usize,
         bias: bool,
         dtype: FloatDType,
+        quant: WeightQuantization,
         device: &B::Device,
     ) -> Result<Self> {
-        let w = ckpt.load(&format!("{prefix}.weight"), &[out, inp], dtype, false)?;
-        let weight = Tensor::<B, 2>::from_data(w, (device, dtype.into()));
+        let weight = ProjectionWeight::load(
+            ckpt,
+            &format!("{prefix}.weight"),
+            [out, inp],
+            dtype,
+            quant,
+            prefix == "lm_head",
+            device,
+        )?;
         let bias = if bias {
             let b = ckpt.load(&format!("{prefix}.bias"), &[out], dtype, false)?;
             Some(Tensor::from_data(b, (device, dtype.into())))
@@ -71,10 +96,15 @@ impl<B: Backend> Linear<B> {
         [inp, out]
     }
 
+    /// The dense weight, `[out, in]`; `None` when the weight is kept quantized.
+    pub fn dense_weight(&self) -> Option<&Tensor<B, 2>> {
+        self.weight.dense()
+    }
+
     /// `x`: `[rows, in]` in `compute` dtype → `[rows, out]` in `compute` dtype.
     pub fn forward(&self, x: Tensor<B, 2>, compute: FloatDType) -> Tensor<B, 2> {
         let x = x.cast(compute);
-        let y = project(&x, &self.weight, self.kernel.as_ref(), compute);
+        let y = project_weight(&x, &self.weight, self.kernel.as_ref(), compute);
         let y = match &self.bias {
             Some(b) => y + b.clone().cast(compute).unsqueeze_dim(0),
             None => y,
@@ -83,6 +113,22 @@ impl<B: Backend> Linear<B> {
             Some(lora) => y + lora.forward(x, compute),
             None => y,
         }
+    }
+}
+
+/// `x` `[rows, in]` × `weight`ᵀ → `[rows, out]` in `compute`: a dense weight through
+/// [`project`], a quantized one through the kernel's quantized product or the host's.
+pub(crate) fn project_weight<B: Backend>(
+    x: &Tensor<B, 2>,
+    weight: &ProjectionWeight<B>,
+    kernel: Option<&Arc<dyn MatmulKernel<B>>>,
+    compute: FloatDType,
+) -> Tensor<B, 2> {
+    match weight {
+        ProjectionWeight::Dense(w) => project(x, w, kernel, compute),
+        ProjectionWeight::Quantized(q) => kernel
+            .and_then(|k| k.matmul_quantized(x, q, compute))
+            .unwrap_or_else(|| host_quantized_product(x, q, compute)),
     }
 }
 

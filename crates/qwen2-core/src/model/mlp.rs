@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::fused::FusedKernels;
 use super::linear::Linear;
+use super::quantized::WeightQuantization;
 use crate::config::Qwen2Config;
 use crate::error::Result;
 use crate::observe::{Observer, Op, Site};
@@ -32,6 +33,7 @@ impl<B: Backend> Mlp<B> {
         prefix: &str,
         c: &Qwen2Config,
         dtype: FloatDType,
+        quant: WeightQuantization,
         device: &B::Device,
     ) -> Result<Self> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
@@ -43,6 +45,7 @@ impl<B: Backend> Mlp<B> {
                 out,
                 false,
                 dtype,
+                quant,
                 device,
             )
         };

@@ -10,6 +10,7 @@ mod lora;
 mod mlp;
 mod norm;
 mod params;
+mod quantized;
 mod rope;
 
 use std::path::Path;
@@ -26,6 +27,10 @@ pub use lora::{LoraAdapter, LoraDropout};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
 pub use params::{WeightKind, WeightMut};
+pub use quantized::{
+    host_quantized_product, quantized_rows, storage_summary, ProjectionWeight, QuantTarget,
+    WeightQuantization,
+};
 pub use rope::{inverse_frequencies, Rope};
 
 use crate::config::Qwen2Config;
@@ -47,8 +52,9 @@ pub enum LogitsFor {
 
 /// A loaded Qwen2 / Qwen2.5 causal language model.
 pub struct Qwen2Model<B: Backend> {
-    /// `model.embed_tokens.weight`, `[vocab, hidden]`.
-    pub embed_tokens: Tensor<B, 2>,
+    /// `model.embed_tokens.weight`, `[vocab, hidden]`: dense in the plan's weight dtype, or a
+    /// GGUF model's quantized blocks kept as stored (rows dequantized at lookup).
+    pub embed_tokens: ProjectionWeight<B>,
     /// The decoder layers.
     pub layers: Vec<DecoderLayer<B>>,
     /// `model.norm`, `[hidden]`.
@@ -57,6 +63,9 @@ pub struct Qwen2Model<B: Backend> {
     pub lm_head: Option<Linear<B>>,
     /// The backend's product for the tied head (which has no `Linear` of its own).
     tied_head_kernel: Option<std::sync::Arc<dyn MatmulKernel<B>>>,
+    /// The tied head quantized at load (`--quantize`: `[vocab, hidden]` blocks of the embedding
+    /// matrix) while the embedding lookup reads the dense `embed_tokens`.
+    tied_head_quantized: Option<std::sync::Arc<qwen2_quant::QuantMatrix>>,
     /// A context shorter than the model's (`--ctx-size`), if one was set.
     context_limit: Option<usize>,
     /// RoPE tables for every position of the context.
@@ -83,6 +92,18 @@ impl<B: Backend> Qwen2Model<B> {
         device: &B::Device,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        Self::load_quantized(dir, plan, WeightQuantization::Dense, device, progress)
+    }
+
+    /// [`Qwen2Model::load_with_progress`] with the projection weights held as `quant` says
+    /// (kept quantized for backends with quantized kernels; see [`WeightQuantization`]).
+    pub fn load_quantized(
+        dir: impl AsRef<Path>,
+        plan: PrecisionPlan,
+        quant: WeightQuantization,
+        device: &B::Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let (config, ckpt) = match crate::source::ModelSource::resolve(dir)? {
             crate::source::ModelSource::HfDir(dir) => (
                 Qwen2Config::from_file(dir.join("config.json"))?,
@@ -90,15 +111,15 @@ impl<B: Backend> Qwen2Model<B> {
             ),
             crate::source::ModelSource::Gguf(file) => {
                 let model = qwen2_gguf::GgufModel::open(&file)?;
-                tracing::info!(file = %file.display(), shards = model.shards().len(),
-                    "loading a GGUF model: dequantizing every tensor at load");
+                tracing::info!(file = %file.display(), shards = model.shards().len(), ?quant,
+                    "loading a GGUF model");
                 (
                     Qwen2Config::from_gguf(&model)?,
                     Checkpoint::from_gguf(model),
                 )
             }
         };
-        Self::from_checkpoint_with_progress(config, &ckpt, plan, device, progress)
+        Self::from_checkpoint_with_progress(config, &ckpt, plan, quant, device, progress)
     }
 
     /// Builds the model from an already opened checkpoint.
@@ -108,25 +129,41 @@ impl<B: Backend> Qwen2Model<B> {
         plan: PrecisionPlan,
         device: &B::Device,
     ) -> Result<Self> {
-        Self::from_checkpoint_with_progress(config, ckpt, plan, device, &mut |_, _| {})
+        Self::from_checkpoint_with_progress(
+            config,
+            ckpt,
+            plan,
+            WeightQuantization::Dense,
+            device,
+            &mut |_, _| {},
+        )
     }
 
     fn from_checkpoint_with_progress(
         config: Qwen2Config,
         ckpt: &Checkpoint,
         plan: PrecisionPlan,
+        quant: WeightQuantization,
         device: &B::Device,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let c = &config;
         let w = plan.weights;
-        let embed = ckpt.load(
+        // A GGUF's quantized embedding stays quantized (it is the tied head, too);
+        // `--quantize` leaves the embedding as it is.
+        let embed_quant = match quant {
+            WeightQuantization::Stored => WeightQuantization::Stored,
+            _ => WeightQuantization::Dense,
+        };
+        let embed_tokens = ProjectionWeight::load(
+            ckpt,
             "model.embed_tokens.weight",
-            &[c.vocab_size, c.hidden_size],
+            [c.vocab_size, c.hidden_size],
             w,
-            false,
+            embed_quant,
+            true,
+            device,
         )?;
-        let embed_tokens: Tensor<B, 2> = Tensor::from_data(embed, (device, w.into()));
         let steps = c.num_hidden_layers + 2;
         progress(1, steps);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
@@ -136,7 +173,7 @@ impl<B: Backend> Qwen2Model<B> {
                 of = c.num_hidden_layers,
                 "loading decoder layer"
             );
-            layers.push(DecoderLayer::load(ckpt, i, c, w, device)?);
+            layers.push(DecoderLayer::load(ckpt, i, c, w, quant, device)?);
             progress(i + 2, steps);
         }
         let norm = RmsNorm::load(ckpt, "model.norm", c.hidden_size, c.rms_norm_eps, w, device)?;
@@ -154,6 +191,7 @@ impl<B: Backend> Qwen2Model<B> {
                 c.vocab_size,
                 false,
                 w,
+                quant,
                 device,
             )?)
         } else if c.tie_word_embeddings {
@@ -164,6 +202,23 @@ impl<B: Backend> Qwen2Model<B> {
                 location: "the checkpoint (tie_word_embeddings is false)".into(),
             });
         };
+        let tied_head_quantized = match (&lm_head, quant) {
+            (None, WeightQuantization::To(_)) => {
+                match ProjectionWeight::<B>::load(
+                    ckpt,
+                    "model.embed_tokens.weight",
+                    [c.vocab_size, c.hidden_size],
+                    w,
+                    quant,
+                    true,
+                    device,
+                )? {
+                    ProjectionWeight::Quantized(q) => Some(q),
+                    ProjectionWeight::Dense(_) => None,
+                }
+            }
+            _ => None,
+        };
         let rope = Rope::new(c, context_length(c), device);
         progress(steps, steps);
         Ok(Qwen2Model {
@@ -172,6 +227,7 @@ impl<B: Backend> Qwen2Model<B> {
             norm,
             lm_head,
             tied_head_kernel: None,
+            tied_head_quantized,
             context_limit: None,
             rope,
             config,
@@ -362,12 +418,14 @@ impl<B: Backend> Qwen2Model<B> {
             Some(head) => head.forward(h, plan.matmul),
             None => {
                 let h = h.cast(plan.matmul);
-                linear::project(
-                    &h,
-                    &self.embed_tokens,
-                    self.tied_head_kernel.as_ref(),
-                    plan.matmul,
-                )
+                let kernel = self.tied_head_kernel.as_ref();
+                match &self.tied_head_quantized {
+                    Some(q) => {
+                        let head = ProjectionWeight::Quantized(q.clone());
+                        linear::project_weight(&h, &head, kernel, plan.matmul)
+                    }
+                    None => linear::project_weight(&h, &self.embed_tokens, kernel, plan.matmul),
+                }
             }
         }
         .cast(plan.logits);
@@ -406,11 +464,14 @@ impl<B: Backend> Qwen2Model<B> {
             ),
             &self.device,
         );
-        let x = self
-            .embed_tokens
-            .clone()
-            .select(0, idx)
-            .cast(self.plan.residual);
+        let x = match &self.embed_tokens {
+            ProjectionWeight::Dense(t) => t.clone().select(0, idx),
+            ProjectionWeight::Quantized(q) => Tensor::from_data(
+                TensorData::new(quantized::dequantize_rows(q, ids), [ids.len(), q.cols()]),
+                (&self.device, burn::tensor::FloatDType::F32.into()),
+            ),
+        }
+        .cast(self.plan.residual);
         observe(obs, Site::global(Op::Embedding), x)
     }
 

@@ -3,6 +3,7 @@
 use burn::prelude::{Backend, Tensor};
 
 use super::linear::Linear;
+use super::quantized::ProjectionWeight;
 use super::Qwen2Model;
 
 /// What a weight is to a trainer.
@@ -28,13 +29,16 @@ impl<B: Backend> Qwen2Model<B> {
     /// Calls `f(name, kind, weight)` for every weight by its HF name
     /// (`model.embed_tokens.weight`, the norms, `model.norm.weight`, then every projection's
     /// `.weight` and `.bias`, `lm_head.weight` when untied); LoRA weights follow the projection
-    /// they adapt, as `...q_proj.lora_A.weight` / `lora_B.weight`.
+    /// they adapt, as `...q_proj.lora_A.weight` / `lora_B.weight`. Projections kept quantized
+    /// ([`Qwen2Model::is_quantized`]) are not visited: trainers and savers load models dense.
     pub fn visit_weights(&mut self, f: &mut dyn FnMut(&str, WeightKind, WeightMut<'_, B>)) {
-        f(
-            "model.embed_tokens.weight",
-            WeightKind::Base,
-            WeightMut::Matrix(&mut self.embed_tokens),
-        );
+        if let ProjectionWeight::Dense(embed) = &mut self.embed_tokens {
+            f(
+                "model.embed_tokens.weight",
+                WeightKind::Base,
+                WeightMut::Matrix(embed),
+            );
+        }
         for (i, layer) in self.layers.iter_mut().enumerate() {
             for (name, norm) in [
                 ("input_layernorm", &mut layer.input_layernorm),
@@ -59,11 +63,15 @@ impl<B: Backend> Qwen2Model<B> {
     /// in f32 and stored back in the weight's dtype) and detaches it.
     pub fn merge_adapters(&mut self) {
         self.visit_linears(&mut |_, lin| {
+            let ProjectionWeight::Dense(weight) = &mut lin.weight else {
+                // Quantized weights serve inference only: the adapter stays attached.
+                return;
+            };
             if let Some(lora) = lin.lora.take() {
                 let f32 = burn::tensor::FloatDType::F32;
-                let dtype = lin.weight.dtype();
+                let dtype = weight.dtype();
                 let delta = lora.b.cast(f32).matmul(lora.a.cast(f32)) * lora.scale;
-                lin.weight = (lin.weight.clone().cast(f32) + delta).cast(dtype);
+                *weight = (weight.clone().cast(f32) + delta).cast(dtype);
             }
         });
     }
@@ -101,11 +109,14 @@ fn visit_linear<B: Backend>(
     lin: &mut Linear<B>,
     f: &mut dyn FnMut(&str, WeightKind, WeightMut<'_, B>),
 ) {
-    f(
-        &format!("{prefix}.weight"),
-        WeightKind::Base,
-        WeightMut::Matrix(&mut lin.weight),
-    );
+    // Quantized weights (inference only) are not visited: see `Qwen2Model::is_quantized`.
+    if let ProjectionWeight::Dense(weight) = &mut lin.weight {
+        f(
+            &format!("{prefix}.weight"),
+            WeightKind::Base,
+            WeightMut::Matrix(weight),
+        );
+    }
     if let Some(bias) = &mut lin.bias {
         f(
             &format!("{prefix}.bias"),

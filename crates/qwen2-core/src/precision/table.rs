@@ -34,6 +34,9 @@ pub struct ModelFacts {
     /// The dtype the checkpoint's weights are stored in ("bfloat16", "float32", ...; see
     /// [`crate::weights::Checkpoint::stored_dtype`]); `None` when unknown.
     pub checkpoint_dtype: Option<String>,
+    /// Whether the projection weights will be kept quantized in memory (a GGUF model's
+    /// quantized tensors on a backend with quantized kernels, or `--quantize`).
+    pub quantized_weights: bool,
 }
 
 impl ModelFacts {
@@ -41,6 +44,7 @@ impl ModelFacts {
     pub fn from_checkpoint(ckpt: &crate::weights::Checkpoint) -> Self {
         Self {
             checkpoint_dtype: ckpt.stored_dtype().map(String::from),
+            quantized_weights: false,
         }
     }
 
