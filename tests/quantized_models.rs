@@ -356,7 +356,7 @@ fn every_kernel_path_gives_the_same_logits() {
         let mut runs: Vec<(KernelPath, Vec<f32>)> = Vec::new();
         for path in KernelPath::ALL {
             if let Some(missing) = path.missing_features() {
-                println!("skipped {path}: this CPU lacks {missing}");
+                println!("skipped {path}: {missing}");
                 continue;
             }
             let out = tmp.path().join(format!("{path}.bin"));

@@ -65,8 +65,10 @@ pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
     let (tokenizer, template, opts) = chat_setup(&a.model.model, &a.sampling, "qwen2 run")?;
     // Stream only when no fallback can restart the reply halfway.
     let stream = !a.json && !loader.may_restart();
+    let mut weights = String::new();
     let outcome = loader.run(|policy| {
         let model = load(&loader, policy)?;
+        weights = model.weight_storage_text();
         let mut session = ChatSession::new(&model, &tokenizer, &template, a.system.as_deref());
         session.send(&prompt, &opts, |text| {
             if stream {
@@ -93,6 +95,7 @@ pub fn run_cmd<P: Platform>(a: RunArgs) -> CliResult {
             "decode_tokens_per_s": g.decode_tokens_per_s(),
             "backend": P::NAME,
             "precision": outcome.policy.name(),
+            "weights": weights,
             "requested_precision": a.model.precision,
             "fallbacks": fallback_json(&outcome),
         });

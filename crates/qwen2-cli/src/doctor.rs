@@ -24,6 +24,14 @@ pub fn backend_report<P: Platform>() -> serde_json::Value {
                 .select_for(&hw, &bf16, Choice::Auto)
                 .ok()
                 .filter(|b| auto.as_ref().map_or(true, |a| a.rule != b.rule));
+            let quantized = ModelFacts {
+                checkpoint_dtype: None,
+                quantized_weights: true,
+            };
+            let auto_quantized = table
+                .select_for(&hw, &quantized, Choice::Auto)
+                .ok()
+                .filter(|b| auto.as_ref().map_or(true, |a| a.rule != b.rule));
             let policies: serde_json::Map<String, serde_json::Value> = Policy::ALL
                 .iter()
                 .map(|p| {
@@ -54,7 +62,13 @@ pub fn backend_report<P: Platform>() -> serde_json::Value {
                     "rule": r.rule,
                     "reason": r.reason,
                 })),
+                "auto_quantized_weights": auto_quantized.map(|r| serde_json::json!({
+                    "precision": r.policy.name(),
+                    "rule": r.rule,
+                    "reason": r.reason,
+                })),
                 "policies": policies,
+                "quantized_weights": quantized_weights::<P>(),
                 "training_auto": match table.select_training(&hw, None) {
                     Ok(r) => serde_json::json!({
                         "precision": r.policy.name(),
@@ -67,6 +81,32 @@ pub fn backend_report<P: Platform>() -> serde_json::Value {
         })
         .collect();
     serde_json::json!({"backend": P::NAME, "devices": devices})
+}
+
+/// What the backend does with quantized (GGUF) weights: keeps them quantized with the CPU
+/// kernel paths this machine runs, or dequantizes them at load.
+fn quantized_weights<P: Platform>() -> serde_json::Value {
+    use qwen2_burn::core::qwen2_quant::{best_path, KernelPath};
+    if !P::multiplies_quantized() {
+        return serde_json::json!({
+            "kept": false,
+            "note": "GGUF weights are dequantized at load into the plan's dtype; quantized GPU \
+                     kernels are later work (--quantize needs --backend cpu)",
+        });
+    }
+    let skipped: Vec<String> = KernelPath::ALL
+        .iter()
+        .filter_map(|p| p.missing_features().map(|m| format!("{p} ({m})")))
+        .collect();
+    serde_json::json!({
+        "kept": true,
+        "kernel_path": best_path().name(),
+        "available": qwen2_burn::core::qwen2_quant::available_paths()
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>(),
+        "unavailable": skipped,
+    })
 }
 
 pub fn print(reports: &[serde_json::Value], json: bool) -> CliResult {
@@ -135,6 +175,14 @@ pub fn print(reports: &[serde_json::Value], json: bool) -> CliResult {
                     b["reason"].as_str().unwrap_or("")
                 );
             }
+            let b = &d["auto_quantized_weights"];
+            if let Some(p) = b["precision"].as_str() {
+                println!(
+                    "    auto with quantized weights -> {p} (rule {}): {}",
+                    b["rule"].as_str().unwrap_or("-"),
+                    b["reason"].as_str().unwrap_or("")
+                );
+            }
             let train = &d["training_auto"];
             match train["precision"].as_str() {
                 Some(p) => println!(
@@ -146,6 +194,35 @@ pub fn print(reports: &[serde_json::Value], json: bool) -> CliResult {
                     "    finetune auto -> error: {}",
                     train["error"].as_str().unwrap_or("?")
                 ),
+            }
+            let q = &d["quantized_weights"];
+            if q["kept"] == true {
+                let others: Vec<&str> = q["available"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .filter(|p| Some(*p) != q["kernel_path"].as_str())
+                    .collect();
+                println!(
+                    "    quantized weights: kept quantized (GGUF, --quantize); kernels {} (also \
+                     runs: {}; missing here: {})",
+                    q["kernel_path"].as_str().unwrap_or("?"),
+                    others.join(", "),
+                    q["unavailable"]
+                        .as_array()
+                        .filter(|a| !a.is_empty())
+                        .map_or("none".into(), |a| a
+                            .iter()
+                            .filter_map(|v| v.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                );
+            } else {
+                println!(
+                    "    quantized weights: {}",
+                    q["note"].as_str().unwrap_or("?")
+                );
             }
             if let Some(p) = d["policies"].as_object() {
                 for (name, verdict) in p {

@@ -91,8 +91,10 @@ pub fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
     // Stream only when no fallback can restart the output halfway.
     let stream = !a.json && !loader.may_restart();
     let mut warned = false;
+    let mut weights = String::new();
     let outcome = loader.run(|policy| {
         let model = load(&loader, policy)?;
+        weights = model.weight_storage_text();
         if !warned {
             warn_if_capped(&a.sampling, prompt_ids.len(), opts.max_new_tokens, &model);
             warned = true;
@@ -153,6 +155,7 @@ pub fn generate_cmd<P: Platform>(a: GenerateArgs) -> CliResult {
             "decode_tokens_per_s": out.decode_tokens_per_s(),
             "backend": P::NAME,
             "precision": outcome.policy.name(),
+            "weights": weights,
             "requested_precision": a.model.precision,
             "fallbacks": fallback_json(&outcome),
         });

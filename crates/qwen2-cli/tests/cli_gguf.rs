@@ -181,3 +181,105 @@ fn quantize_writes_a_gguf_that_runs_like_the_converted_one() {
     assert!(!clobber.status.success());
     assert!(String::from_utf8_lossy(&clobber.stderr).contains("refusing to overwrite"));
 }
+
+#[test]
+fn quantized_weights_are_kept_or_made_at_load_and_reported() {
+    let q8 = fixture("gguf-tiny-chat/tiny-chat-q8_0.gguf");
+    let hf = fixture("tiny-chat");
+    let run = |model: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "-n",
+            "4",
+            "--json",
+            "--temperature",
+            "0",
+            "--prompt",
+            "What is the capital of France?",
+        ];
+        args.extend(extra);
+        stdout_json(&args)
+    };
+    // A GGUF's Q8_0 blocks stay quantized (14 layer projections and the tied head), under
+    // the CPU's quantized rule; `--quantize none` dequantizes them at load.
+    let kept = run(&q8, &[]);
+    assert_eq!(kept["weights"], "q8_0 \u{d7}15");
+    assert_eq!(kept["precision"], "f32");
+    let dense = run(&q8, &["--quantize", "none"]);
+    assert_eq!(dense["weights"], "dense f32");
+    // A safetensors model quantized at load: rows of 64 are not whole 256-blocks, so q4_k
+    // takes llama.cpp's fallbacks (Q5_0, and Q8_0 for the head).
+    assert_eq!(
+        run(&hf, &["--quantize", "q8_0"])["weights"],
+        "q8_0 \u{d7}15"
+    );
+    assert_eq!(
+        run(&hf, &["--quantize", "q4_k"])["weights"],
+        "q5_0 \u{d7}14, q8_0 \u{d7}1"
+    );
+    // The stats line says so.
+    let out = qwen2(&[
+        "run",
+        "--model",
+        q8.to_str().unwrap(),
+        "-n",
+        "2",
+        "--prompt",
+        "Hi",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rule cpu-quantized, GGUF weights kept quantized"),
+        "{stderr}"
+    );
+    // bench reports what a token reads as stored.
+    let bench = stdout_json(&[
+        "bench",
+        "--model",
+        hf.to_str().unwrap(),
+        "--quantize",
+        "q8_0",
+        "--prompt-len",
+        "8",
+        "--gen",
+        "2",
+        "--reps",
+        "1",
+    ]);
+    assert_eq!(bench["weights"], "q8_0 \u{d7}15");
+    let dense_bench = stdout_json(&[
+        "bench",
+        "--model",
+        hf.to_str().unwrap(),
+        "--precision",
+        "f32",
+        "--prompt-len",
+        "8",
+        "--gen",
+        "2",
+        "--reps",
+        "1",
+    ]);
+    let ratio = bench["weight_bytes_per_token"].as_f64().unwrap()
+        / dense_bench["weight_bytes_per_token"].as_f64().unwrap();
+    // Q8_0 stores 34 bytes per 32 weights against f32's 128.
+    assert!((ratio - 34.0 / 128.0).abs() < 1e-9, "{ratio}");
+    // A type we cannot quantize to is refused, naming the choices.
+    let out = qwen2(&[
+        "run",
+        "--model",
+        hf.to_str().unwrap(),
+        "--quantize",
+        "q5_k",
+        "--prompt",
+        "Hi",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("q8_0, q4_0, q4_k or q6_k, or none"),
+        "{stderr}"
+    );
+}

@@ -32,3 +32,5 @@ pub use source::ModelSource;
 
 /// Re-export of the burn version the graph is written against.
 pub use burn;
+/// The quantized CPU kernels (kernel paths, `QuantMatrix`), for reports and benchmarks.
+pub use qwen2_quant;
