@@ -60,9 +60,10 @@ nice -n 5 cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >&2
 # llama-cli only exists with the server enabled in recent versions; llama-completion
 # is the plain CLI. Build only the targets this version defines.
+ALL_TARGETS="$(ninja -C build -t targets all)"
 TARGETS=()
 for t in llama-bench llama-quantize llama-completion llama-cli; do
-    if ninja -C build -t targets all | grep -q "^$t:"; then TARGETS+=("$t"); fi
+    if grep -q "^$t:" <<<"$ALL_TARGETS"; then TARGETS+=("$t"); fi
 done
 nice -n 5 cmake --build build --target "${TARGETS[@]}" -j"$JOBS" >&2
 

@@ -14,6 +14,10 @@ struct Options {
     pass_through: Vec<String>,
     json: Option<PathBuf>,
     pytorch: bool,
+    /// `--quantize` values, one run each (`None`: the flag not given).
+    quantize: Vec<Option<String>>,
+    /// llama.cpp's llama-bench, run on the same GGUF file.
+    llamacpp: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -24,6 +28,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         pass_through: Vec::new(),
         json: None,
         pytorch: false,
+        quantize: vec![None],
+        llamacpp: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -39,6 +45,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--precision" => o.precisions = list(value()?),
             "--json" => o.json = Some(PathBuf::from(value()?)),
             "--pytorch" => o.pytorch = true,
+            "--quantize" => o.quantize = list(value()?).into_iter().map(Some).collect(),
+            "--llamacpp" => o.llamacpp = Some(PathBuf::from(value()?)),
             "--prompt-len" | "--gen" | "--reps" | "--ids" => {
                 o.pass_through.push(flag.clone());
                 o.pass_through.push(value()?);
@@ -48,7 +56,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
     }
     if o.model.as_os_str().is_empty() {
         return Err(
-            "--model DIR is required (make one with `cargo xtask bench-model --out DIR`)".into(),
+            "--model DIR|FILE.gguf is required (make one with `cargo xtask bench-model --out DIR`)"
+                .into(),
         );
     }
     Ok(o)
@@ -83,7 +92,7 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
     let o = match parse(args) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("xtask bench: {e}\nusage: cargo xtask bench --model DIR [--backend cpu,wgpu,cuda] [--precision auto,f32,bf16,...] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE] [--pytorch]");
+            eprintln!("xtask bench: {e}\nusage: cargo xtask bench --model DIR|FILE.gguf [--backend cpu,wgpu,cuda] [--precision auto,f32,bf16,...] [--quantize q8_0,q4_k,none,...] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE] [--pytorch] [--llamacpp LLAMA_BENCH]");
             return ExitCode::from(2);
         }
     };
@@ -97,14 +106,24 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
     }
     let bin = root.join("target/release/qwen2");
     let mut reports = Vec::new();
-    for backend in &o.backends {
-        for precision in &o.precisions {
-            eprintln!("xtask bench: {backend} / {precision} ...");
+    let mut runs = Vec::new();
+    for b in &o.backends {
+        for p in &o.precisions {
+            for q in &o.quantize {
+                runs.push((b, p, q));
+            }
+        }
+    }
+    for (backend, precision, quantize) in runs {
+        {
+            let label = quantize.as_deref().unwrap_or("as stored");
+            eprintln!("xtask bench: {backend} / {precision} / weights {label} ...");
             let out = Command::new(&bin)
                 .arg("bench")
                 .arg("--model")
                 .arg(&o.model)
                 .args(["--backend", backend, "--precision", precision])
+                .args(quantize.iter().flat_map(|q| ["--quantize", q.as_str()]))
                 .args(&o.pass_through)
                 .output();
             match out {
@@ -127,6 +146,13 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
     if o.pytorch {
         reports.extend(pytorch_reports(root, &o));
     }
+    if let Some(bin) = &o.llamacpp {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match crate::bench_llamacpp::run(bin, &o.model, threads, &o.pass_through) {
+            Ok(row) => reports.push(row),
+            Err(e) => eprintln!("xtask bench: llama.cpp: {e}"),
+        }
+    }
     if reports.is_empty() {
         return ExitCode::FAILURE;
     }
@@ -144,8 +170,8 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
         r0["gen_tokens"],
         r0["reps"]
     );
-    println!("| backend | precision | load s | prefill tok/s | TTFT ms | decode tok/s | decode bound tok/s | peak RSS MB (÷ weights) | device MB reserved | prefill × | decode × |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| backend | precision | weights | load s | prefill tok/s | TTFT ms | decode tok/s | decode bound tok/s | peak RSS MB (÷ weights) | device MB reserved | prefill × | decode × |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &reports {
         // Peer rows carry only prefill and decode speeds.
         let num = |key: &str, scale: f64, digits: usize| {
@@ -167,9 +193,10 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
             .as_f64()
             .map_or("–".to_string(), |b| format!("{:.0}", b / 1e6));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |",
             r["backend"].as_str().unwrap_or("?"),
             r["precision"].as_str().unwrap_or("?"),
+            r["weights"].as_str().unwrap_or("–"),
             num("load_s", 1.0, 2),
             range(r, "prefill_tok_s"),
             ttft,

@@ -2,8 +2,9 @@
 //!
 //!   fixtures [--only NAME...]   regenerate tests/fixtures with HF transformers (needs Python with
 //!                               torch, transformers, safetensors, numpy)
-//!   bench --model DIR [...]    release-build the CLI, run `qwen2 bench` per backend × precision
-//!                               (and HF transformers with --pytorch),
+//!   bench --model DIR [...]     release-build the CLI, run `qwen2 bench` per backend × precision
+//!                               × --quantize (HF transformers with --pytorch, llama.cpp's
+//!                               llama-bench on a GGUF with --llamacpp BIN),
 //!                               print a markdown table (see `cargo xtask bench` for options)
 //!   bench-model --out DIR       a Qwen2-0.5B-shaped random bf16 model (~1 GB) for benchmarks
 //!   bench-train --model DIR     fine-tuning tokens/s and peak memory per precision (and
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod bench_llamacpp;
 mod bench_serve;
 mod bench_train;
 mod gpu_check;
@@ -31,7 +33,7 @@ fn usage() -> ExitCode {
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
          fixtures [--only NAME...]  rebuild tests/fixtures with HF transformers (scripts/make_fixtures.py,\n                             scripts/make_text_fixtures.py, make_train_fixtures.py, make_f16_train_fixtures.py,\n                             make_peft_interop_fixture.sh)\n  \
-         bench --model DIR [--backend cpu,wgpu] [--precision auto,f32,bf16] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE] [--pytorch]\n  \
+         bench --model DIR|FILE.gguf [--backend cpu,wgpu] [--precision auto,f32,bf16] [--quantize q8_0,q4_k,none] [--prompt-len 128] [--gen 32] [--reps 5] [--ids FILE] [--json FILE] [--pytorch] [--llamacpp LLAMA_BENCH]\n  \
          bench-model --out DIR      Qwen2-0.5B-shaped random bf16 model for benchmarks (~1 GB)\n  \
          bench-train --model DIR [--lora] [--precision f32,bf16] [--seq-len 256] [--batch-size 1] [--steps 5] [--pytorch] [--json FILE]\n  \
          bench-serve --model DIR [--clients 1,4,8] [--prompt-len 128] [--gen 64] [--rounds 2] [--precision auto] [--json FILE]\n  \
