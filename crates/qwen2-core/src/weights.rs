@@ -236,7 +236,7 @@ impl Checkpoint {
         &self,
         name: &str,
         expected: &[usize],
-    ) -> Result<Option<(qwen2_gguf::GgmlType, Vec<u8>)>> {
+    ) -> Result<Option<(qwen2_gguf::GgmlType, qwen2_quant::WeightBytes)>> {
         match &self.gguf {
             Some(g) => g.quantized(name, expected),
             None => Ok(None),

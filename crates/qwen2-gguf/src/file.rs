@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
@@ -27,12 +28,21 @@ impl Storage {
     }
 }
 
+impl AsRef<[u8]> for Storage {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+/// A file's bytes shared beyond the life of its [`GgufFile`] (see [`GgufFile::shared_tensor`]).
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// A GGUF file (v2 or v3, little-endian): header, metadata and tensor infos parsed and
 /// validated against the file on open; tensor data read in place from the memory map.
 #[derive(Debug)]
 pub struct GgufFile {
     path: PathBuf,
-    storage: Storage,
+    storage: Arc<Storage>,
     version: u32,
     metadata: Metadata,
     tensors: Vec<TensorInfo>,
@@ -82,7 +92,7 @@ impl GgufFile {
         );
         Ok(GgufFile {
             path,
-            storage,
+            storage: Arc::new(storage),
             version,
             metadata,
             tensors,
@@ -146,6 +156,15 @@ impl GgufFile {
     /// Every tensor with its bytes, in file order.
     pub fn tensors(&self) -> impl Iterator<Item = TensorView<'_>> {
         self.tensors.iter().map(|info| self.view(info))
+    }
+
+    /// Tensor `name`'s bytes without a copy: the file's shared bytes (the memory map stays
+    /// alive as long as any holder does) and the tensor's byte range in them.
+    pub fn shared_tensor(&self, name: &str) -> Result<(SharedBytes, std::ops::Range<usize>)> {
+        let view = self.tensor(name)?;
+        let start = (self.data_offset + view.info().offset()) as usize;
+        let shared: SharedBytes = self.storage.clone();
+        Ok((shared, start..start + view.data().len()))
     }
 
     fn view<'a>(&'a self, info: &'a TensorInfo) -> TensorView<'a> {

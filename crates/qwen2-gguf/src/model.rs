@@ -133,6 +133,20 @@ impl GgufModel {
         }
     }
 
+    /// Tensor `name`'s bytes without a copy (see [`GgufFile::shared_tensor`]).
+    pub fn shared_tensor(
+        &self,
+        name: &str,
+    ) -> Result<(crate::file::SharedBytes, std::ops::Range<usize>)> {
+        match self.locations.get(name) {
+            Some(&(s, _)) => self.shards[s].shared_tensor(name),
+            None => Err(GgufError::TensorNotFound {
+                path: self.path().to_path_buf(),
+                name: name.to_string(),
+            }),
+        }
+    }
+
     /// Every tensor of every shard, shard by shard in file order.
     pub fn tensors(&self) -> impl Iterator<Item = TensorView<'_>> {
         self.shards.iter().flat_map(GgufFile::tensors)

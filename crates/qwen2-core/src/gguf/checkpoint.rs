@@ -74,9 +74,14 @@ impl GgufTensors {
     }
 
     /// HF tensor `name`'s stored blocks when its type is one the quantized kernels multiply
-    /// directly ([`qwen2_quant::SUPPORTED_WEIGHT_TYPES`]): the type and a copy of its bytes, with
-    /// the shape checked against `expected` (HF layout). `None` for float types (F32/F16/BF16).
-    pub fn quantized(&self, name: &str, expected: &[usize]) -> Result<Option<(GgmlType, Vec<u8>)>> {
+    /// directly ([`qwen2_quant::SUPPORTED_WEIGHT_TYPES`]): the type and its bytes, shared with
+    /// the memory map (no copy), with the shape checked against `expected` (HF layout).
+    /// `None` for float types (F32/F16/BF16).
+    pub fn quantized(
+        &self,
+        name: &str,
+        expected: &[usize],
+    ) -> Result<Option<(GgmlType, qwen2_quant::WeightBytes)>> {
         let Some(entry) = self.entries.get(name) else {
             return Err(Error::MissingTensor {
                 name: name.to_string(),
@@ -103,7 +108,10 @@ impl GgufTensors {
         if !qwen2_quant::SUPPORTED_WEIGHT_TYPES.contains(&ty) {
             return Ok(None);
         }
-        Ok(Some((ty, view.data().to_vec())))
+        let (owner, range) = self.model.shared_tensor(&entry.gguf_name)?;
+        let bytes = qwen2_quant::WeightBytes::new(owner, range)
+            .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+        Ok(Some((ty, bytes)))
     }
 
     /// Dequantizes HF tensor `name` (checked against `expected`, HF layout) and converts it to

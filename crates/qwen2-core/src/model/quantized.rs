@@ -155,7 +155,7 @@ impl<B: Backend> ProjectionWeight<B> {
             let w = ckpt.load(name, &[out, inp], dtype, false)?;
             Ok(Self::Dense(Tensor::from_data(w, (device, dtype.into()))))
         };
-        let matrix = |ty: GgmlType, bytes: Vec<u8>| -> Result<Self> {
+        let matrix = |ty: GgmlType, bytes: qwen2_quant::WeightBytes| -> Result<Self> {
             let q = QuantMatrix::new(ty, out, inp, bytes).map_err(|e| {
                 Error::Invalid(format!("{name} ({} as {ty}): {e}", ckpt.description()))
             })?;
@@ -179,7 +179,7 @@ impl<B: Backend> ProjectionWeight<B> {
                     .map_err(|e| Error::Invalid(format!("{name}: f32 values expected ({e:?})")))?;
                 let bytes = qwen2_gguf::quantize(ty, values)
                     .map_err(|e| Error::Invalid(format!("quantizing {name} to {ty}: {e}")))?;
-                matrix(ty, bytes)
+                matrix(ty, bytes.into())
             }
         }
     }
