@@ -297,6 +297,14 @@ pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
 /// `qwen2 merge`: base + adapter → an HF model directory with `W + scale · B A` in each
 /// adapted projection.
 pub fn merge_cmd<P: Platform>(a: MergeArgs) -> CliResult {
+    if let Ok(Some(gguf)) = qwen2_burn::core::source::gguf_model_path(&a.model) {
+        return Err(format!(
+            "--model {}: a GGUF model; merge writes an HF model directory and needs the Hugging \
+             Face checkpoint the GGUF was converted from (run the GGUF with --adapter instead)",
+            gguf.display()
+        )
+        .into());
+    }
     let device = first_device::<P>()?;
     let mut model = Qwen2Model::<P::B>::load(&a.model, PrecisionPlan::F32, &device)?;
     let adapter = Adapter::open(&a.adapter)?;

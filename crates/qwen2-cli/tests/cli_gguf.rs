@@ -283,3 +283,59 @@ fn quantized_weights_are_kept_or_made_at_load_and_reported() {
         "{stderr}"
     );
 }
+
+#[test]
+fn training_and_merging_a_gguf_say_what_they_need_and_adapters_run_on_it() {
+    let q8 = fixture("gguf-tiny-chat/tiny-chat-q8_0.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let data = fixture("train/chat.jsonl");
+    let adapter = fixture("train/chat-adapter");
+    let q8s = q8.to_str().unwrap();
+    for args in [
+        vec![
+            "finetune",
+            "--model",
+            q8s,
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "1",
+        ],
+        vec![
+            "merge",
+            "--model",
+            q8s,
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ] {
+        let res = qwen2(&args);
+        assert!(!res.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(
+            stderr.contains("GGUF model") && stderr.contains("Hugging Face checkpoint"),
+            "{stderr}"
+        );
+        assert!(!out.exists(), "nothing written");
+    }
+    // A LoRA adapter runs on top of the quantized weights.
+    let run = stdout_json(&[
+        "run",
+        "--model",
+        q8s,
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "-n",
+        "3",
+        "--json",
+        "--prompt",
+        "Hi",
+    ]);
+    assert_eq!(run["weights"], "q8_0 \u{d7}15");
+    assert_eq!(run["generated_tokens"], 3);
+}

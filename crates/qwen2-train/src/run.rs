@@ -197,6 +197,17 @@ pub(crate) fn check_options(o: &FinetuneOptions) -> Result<()> {
     } else if o.init_adapter.is_some() {
         return Err(TrainError::option("--adapter", "needs --lora"));
     }
+    if let Ok(Some(gguf)) = qwen2_core::source::gguf_model_path(&o.model) {
+        return Err(TrainError::option(
+            "--model",
+            format!(
+                "{} is a GGUF model; fine-tuning needs the Hugging Face checkpoint \
+                 (config.json + *.safetensors) it was converted from: quantized weights cannot be \
+                 trained, and checkpoints and adapters are saved in the HF layout",
+                gguf.display()
+            ),
+        ));
+    }
     if !o.model.is_dir() {
         return Err(TrainError::option(
             "--model",
