@@ -18,6 +18,18 @@ fn prompts(name: &str) -> Vec<Vec<u32>> {
     vec![ids[..3].to_vec(), ids[..11].to_vec(), ids[2..7].to_vec()]
 }
 
+/// The largest |Δlogit| allowed: `tol`, and in bf16 at least two units in the last place of
+/// bf16 at the largest |logit| (as in tests/cpu_kernels.rs): lm_head's output is rounded to
+/// bf16, and the batch's many-row products (the vdpbf16ps kernel where the CPU has it) sum in
+/// another order than a lone row's one-row products, which can move a logit across a rounding.
+fn allowed(policy: Policy, tol: f32, want: &[f32]) -> f32 {
+    if policy != Policy::Bf16 {
+        return tol;
+    }
+    let largest = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    tol.max(2.0 * 2f32.powi(largest.log2().floor() as i32 - 7))
+}
+
 #[test]
 fn a_batched_decode_step_gives_each_row_its_own_logits() {
     for name in NORMAL_FIXTURES {
@@ -56,7 +68,7 @@ fn a_batched_decode_step_gives_each_row_its_own_logits() {
             let vocab = all.len() / 3;
             for (r, want) in alone.iter().enumerate() {
                 let got = &all[r * vocab..(r + 1) * vocab];
-                let d = max_abs_diff(got, want);
+                let (d, tol) = (max_abs_diff(got, want), allowed(policy, tol, want));
                 assert!(d <= tol, "{name} {policy} row {r}: max |d| {d} > {tol}");
             }
             for (cache, p) in caches.iter().zip(&prompts) {
@@ -75,7 +87,11 @@ fn a_batched_decode_step_gives_each_row_its_own_logits() {
                 model.forward(&[id], &mut cache, LogitsFor::Last).unwrap();
                 let want = to_f32(model.forward(&[1], &mut cache, LogitsFor::Last).unwrap());
                 let d = max_abs_diff(&again[r * vocab..(r + 1) * vocab], &want);
-                assert!(d <= tol, "{name} {policy} step 2 row {r}: max |d| {d}");
+                let tol = allowed(policy, tol, &want);
+                assert!(
+                    d <= tol,
+                    "{name} {policy} step 2 row {r}: max |d| {d} > {tol}"
+                );
             }
         }
     }

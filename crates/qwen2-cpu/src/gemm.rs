@@ -22,12 +22,18 @@ const TASK_ROWS: usize = 48;
 const KC: usize = 1024;
 
 /// `y[i * n + j] = Σ_p x[i * k + p] · w[j * k + p]` for `x` `[m, k]`, `w` `[n, k]`, `y` `[m, n]`,
-/// accumulated in f32, split across the rayon pool.
+/// accumulated in f32, split across the rayon pool. bf16 weights take `crate::gemm_bf16`'s
+/// vdpbf16ps kernel where the CPU has it, which rounds `x` to bf16 (the projections' inputs in
+/// the bf16 plan already are bf16 values).
 pub fn matmul_rows<W: Lanes>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
-    product(x, m, k, w, n, true)
+    let bf16_dot = |w| crate::gemm_bf16::matmul_rows(x, m, k, w, n, true);
+    W::as_bf16(w)
+        .and_then(bf16_dot)
+        .unwrap_or_else(|| product(x, m, k, w, n, true))
 }
 
-/// [`matmul_rows`] on the calling thread only (for callers that parallelize around it).
+/// [`matmul_rows`] on the calling thread only (for callers that parallelize around it), with
+/// `x` in f32 whatever `W` is (attention's queries may be f32 against a bf16 cache).
 pub fn matmul_rows_serial<W: Lanes>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
     product(x, m, k, w, n, false)
 }
@@ -57,9 +63,9 @@ fn product<W: Lanes>(x: &[f32], m: usize, k: usize, w: &[W], n: usize, pooled: b
 
 /// The output pointer, shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(pub(crate) *mut f32);
 impl SharedOut {
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -83,6 +89,11 @@ pub trait Lanes: Weight {
     /// `p..p + 8` must be readable; the CPU must have AVX2.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
+    /// The weights as bf16 (for `crate::gemm_bf16`), `None` for f32.
+    fn as_bf16(_w: &[Self]) -> Option<&[half::bf16]> {
+        None
+    }
 }
 
 impl Lanes for f32 {
@@ -96,6 +107,9 @@ impl Lanes for f32 {
 
 impl Lanes for half::bf16 {
     const DOT_FOUR_ROWS: bool = false;
+    fn as_bf16(w: &[half::bf16]) -> Option<&[half::bf16]> {
+        Some(w)
+    }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load8(p: *const half::bf16) -> std::arch::x86_64::__m256 {
@@ -390,7 +404,9 @@ mod tests {
             for (a, b) in y.iter().zip(&r) {
                 assert!((*a as f64 - b).abs() <= bound, "{m}x{k}x{n}: {a} vs {b}");
             }
+            // bf16 weights take bf16 activations (the vdpbf16ps kernel rounds x to bf16).
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let x: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
             let y = matmul_rows(&x, m, k, &wb, n);
             let r = reference(&x, m, k, &wb, n);
             for (a, b) in y.iter().zip(&r) {

@@ -3,6 +3,7 @@
 mod attention;
 mod fused;
 mod gemm;
+mod gemm_bf16;
 mod gemv;
 mod host;
 
@@ -27,10 +28,11 @@ pub const CPU_TRAIN_REASON: &str =
 /// the one HF transformers loads it as): the CPU kernels widen bf16 weights in registers with
 /// f32 accumulation, so decoding reads half the bytes. Measured with `qwen2 bench` on the 0.5B
 /// benchmark model (bf16), 2 threads, AVX-512 + AVX512-BF16 host: decode 27.9 vs 14.5 tok/s in
-/// f32, prefill 176 vs 211 tok/s, peak memory 1.02 vs 2.01 GB. The decode and prefill kernels
-/// are the same AVX2 + FMA code on AVX2-only CPUs (nothing in them uses AVX-512), so the
-/// decode gain, which comes from reading half the bytes, holds there too. Other checkpoints
-/// (f32, f16) run in f32, exact against the reference.
+/// f32, prefill 176 vs 211 tok/s, peak memory 1.02 vs 2.01 GB. The decode kernels are the
+/// same AVX2 + FMA code on AVX2-only CPUs (nothing in them uses AVX-512), so the decode gain,
+/// which comes from reading half the bytes, holds there too; bf16 prefill takes `gemm_bf16`'s
+/// AVX512-BF16 kernel where the CPU has it (the prefill numbers above predate it). Other
+/// checkpoints (f32, f16) run in f32, exact against the reference.
 pub static CPU_POLICY_TABLE: PolicyTable = PolicyTable {
     backend: "cpu",
     rules: &[
