@@ -350,36 +350,55 @@ fn every_kernel_path_gives_the_same_logits() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
+    // A child run: `path` with integer prefill forced, or (None) the default route.
+    let child = |model: &Path, path: Option<KernelPath>| -> Vec<f32> {
+        let out = tmp.path().join("child.bin");
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args([
+            "every_kernel_path_gives_the_same_logits",
+            "--exact",
+            "--quiet",
+        ])
+        .stdout(std::process::Stdio::null())
+        .env(CHILD_MODEL, model)
+        .env(CHILD_OUT, &out);
+        if let Some(path) = path {
+            cmd.env(qwen2_quant::PATH_ENV_VAR, path.name())
+                .env("QWEN2_QUANT_INTEGER_PREFILL", "1");
+        }
+        assert!(cmd.status().unwrap().success(), "{path:?}");
+        std::fs::read(&out)
+            .unwrap()
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
     // One weight type per activation format: Q8_0 (Q8_0), Q5_1 (Q8_1), Q4_K (Q8_K).
     for ty in [GgmlType::Q8_0, GgmlType::Q5_1, GgmlType::Q4_K] {
         let model = wide_model_path(tmp.path(), ty);
+        let dense = all_logits(&load(&model, WeightQuantization::Dense), &prompt());
+        let dense_peak = dense.iter().fold(0f32, |m, x| m.max(x.abs()));
         let mut runs: Vec<(KernelPath, Vec<f32>)> = Vec::new();
         for path in KernelPath::ALL {
             if let Some(missing) = path.missing_features() {
                 println!("skipped {path}: {missing}");
                 continue;
             }
-            let out = tmp.path().join(format!("{path}.bin"));
-            let status = std::process::Command::new(&exe)
-                .args([
-                    "every_kernel_path_gives_the_same_logits",
-                    "--exact",
-                    "--quiet",
-                ])
-                .stdout(std::process::Stdio::null())
-                .env(qwen2_quant::PATH_ENV_VAR, path.name())
-                .env(CHILD_MODEL, &model)
-                .env(CHILD_OUT, &out)
-                .status()
-                .unwrap();
-            assert!(status.success(), "{path}");
-            let bytes = std::fs::read(&out).unwrap();
-            let logits = bytes
-                .chunks(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
+            let logits = child(&model, Some(path));
+            let err = max_abs_diff(&dense, &logits);
+            assert!(
+                err <= ACT_Q8_TOL * dense_peak,
+                "{ty} {path} vs dense: {err}"
+            );
             runs.push((path, logits));
         }
+        // The default route: bf16 tiles for these 40 rows where the CPU has AVX512-BF16.
+        let err = max_abs_diff(&dense, &child(&model, None));
+        println!(
+            "{ty}: default prefill route vs dense f32: max |Δlogit| {err:.3e} ({:.2}%)",
+            100.0 * err / dense_peak
+        );
+        assert!(err <= ACT_Q8_TOL * dense_peak, "{ty} default route: {err}");
         let (first, reference) = &runs[0];
         let peak = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
         for (path, logits) in &runs[1..] {

@@ -93,6 +93,31 @@ pub fn matmul_rows(
     }
 }
 
+/// `x` `[m, k]` × the quantized `w`ᵀ (`n = w.rows()` rows of `k = w.cols()`) → `[m, n]` f32:
+/// each task dequantizes its weight rows to bf16 (exact for the integer part; the f16 block
+/// scales times the quants rounded to bf16, a relative error of at most 2^-9 per weight) into
+/// a buffer that stays in L2, then runs the same tiles as [`matmul_rows`]. `None` when the
+/// kernel is not [`enabled`].
+pub fn matmul_quantized_rows(
+    x: &[f32],
+    m: usize,
+    w: &qwen2_quant::QuantMatrix,
+) -> Option<Vec<f32>> {
+    if !enabled() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `enabled` checked AVX512-BF16, AVX512F and AVX512BW.
+        Some(unsafe { avx512::product_quantized(x, m, w) })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, m, w);
+        None
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -153,6 +178,58 @@ mod avx512 {
         y
     }
 
+    /// The quantized product (see `super::matmul_quantized_rows`).
+    ///
+    /// # Safety
+    /// The CPU has AVX512-BF16, AVX512F and AVX512BW.
+    #[target_feature(enable = "avx512bf16,avx512f,avx512bw")]
+    pub(super) unsafe fn product_quantized(
+        x: &[f32],
+        m: usize,
+        w: &qwen2_quant::QuantMatrix,
+    ) -> Vec<f32> {
+        let (n, k) = (w.rows(), w.cols());
+        assert!(x.len() >= m * k, "operands cover [m, k]");
+        let xb = to_bf16(x, m, k);
+        let mut y: Vec<f32> = Vec::with_capacity(m * n);
+        let out = SharedOut(y.as_mut_ptr());
+        let row_bytes = w.row_bytes();
+        let task = |t: usize| {
+            let rows = t * TASK_ROWS..((t + 1) * TASK_ROWS).min(n);
+            let bytes = &w.data()[rows.start * row_bytes..rows.end * row_bytes];
+            let mut values = vec![0.0f32; rows.len() * k];
+            qwen2_gguf::dequantize_into(w.ggml_type(), bytes, &mut values)
+                .expect("a QuantMatrix holds whole rows of its type");
+            // SAFETY: the caller checked the CPU.
+            let wb = unsafe { to_bf16(&values, rows.len(), k) };
+            // SAFETY: as in `product`; the task's rows are `0..len` of `wb`, written to the
+            // columns `rows` of `y` (which no other task writes).
+            unsafe { block_strided(&xb, m, k, &wb, n, rows.len(), out.get().add(rows.start)) }
+        };
+        (0..n.div_ceil(TASK_ROWS)).into_par_iter().for_each(task);
+        // SAFETY: k > 0 (a QuantMatrix has whole blocks), so every element was stored.
+        unsafe { y.set_len(m * n) };
+        y
+    }
+
+    /// `block` over `rows` weight rows held as [`Rows`] (rows of `wb.stride`, zero-padded).
+    ///
+    /// # Safety
+    /// As `block`.
+    #[target_feature(enable = "avx512bf16,avx512f,avx512bw")]
+    unsafe fn block_strided(
+        xb: &Rows,
+        m: usize,
+        k: usize,
+        wb: &Rows,
+        n: usize,
+        rows: usize,
+        y: *mut f32,
+    ) {
+        let w = std::slice::from_raw_parts(wb.bits.as_ptr().cast::<bf16>(), wb.bits.len());
+        block_with_stride(xb, m, k, w, wb.stride, n, 0..rows, y)
+    }
+
     /// `x` `[m, k]` as bf16, rounded to nearest even (exact for bf16 values).
     ///
     /// # Safety
@@ -199,6 +276,25 @@ mod avx512 {
         rows: Range<usize>,
         y: *mut f32,
     ) {
+        block_with_stride(xb, m, k, w, k, n, rows, y)
+    }
+
+    /// `block` with weight rows `ldw` elements apart.
+    ///
+    /// # Safety
+    /// As `block`; `w` holds `rows.end` rows of `ldw ≥ k` elements.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512bf16,avx512f,avx512bw")]
+    unsafe fn block_with_stride(
+        xb: &Rows,
+        m: usize,
+        k: usize,
+        w: &[bf16],
+        ldw: usize,
+        n: usize,
+        rows: Range<usize>,
+        y: *mut f32,
+    ) {
         let w = w.as_ptr().cast::<u16>();
         // Equal passes, each a multiple of 32 but the last.
         let kc = k.div_ceil(k.div_ceil(KC).max(1)).next_multiple_of(32);
@@ -215,7 +311,7 @@ mod avx512 {
                     // Rows past `nr` repeat the last one (their sums are dropped).
                     let mut ws = [w; NR];
                     for (b, ws) in ws.iter_mut().enumerate() {
-                        *ws = w.add((j + b.min(nr - 1)) * k + k0);
+                        *ws = w.add((j + b.min(nr - 1)) * ldw + k0);
                     }
                     let out = Out {
                         y: y.add(i * n + j),

@@ -106,9 +106,29 @@ impl MatmulKernel<Flex> for CpuGemv {
             return None;
         }
         let xs = crate::host::to_f32(x);
-        let y = qwen2_core::model::quantized_rows(&xs, m, weight);
+        // Many rows (prefill): weight rows dequantized to bf16 tile by tile and multiplied
+        // with AVX512-BF16 where the CPU has it; otherwise (and for decode) integer dots.
+        let bf16_tiles = m >= BF16_TILE_MIN_ROWS && bf16_tiles_allowed();
+        let y = bf16_tiles
+            .then(|| crate::gemm_bf16::matmul_quantized_rows(&xs, m, weight))
+            .flatten()
+            .unwrap_or_else(|| qwen2_core::model::quantized_rows(&xs, m, weight));
         Some(crate::host::from_f32(y, [m, weight.rows()], compute))
     }
+}
+
+/// Rows from which quantized products take the bf16 tiles (dequantizing a weight row costs
+/// about as much as a few rows of integer dots).
+const BF16_TILE_MIN_ROWS: usize = 16;
+
+/// Set (to anything) to keep many-row quantized products on the integer kernels.
+pub const INTEGER_PREFILL_VAR: &str = "QWEN2_QUANT_INTEGER_PREFILL";
+
+/// Whether [`INTEGER_PREFILL_VAR`] leaves many-row quantized products to the bf16 tiles (read
+/// once per process).
+fn bf16_tiles_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var_os(INTEGER_PREFILL_VAR).is_none())
 }
 
 /// Columns per task: enough tasks to balance the pool, each a long contiguous run.

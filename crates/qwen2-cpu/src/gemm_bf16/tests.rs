@@ -204,3 +204,30 @@ fn bench_prefill_shapes() {
         );
     }
 }
+
+#[test]
+fn quantized_tiles_equal_the_bf16_product_of_the_dequantized_weights() {
+    if !cpu_has_bf16_dot() {
+        println!("{SKIPPED}");
+        return;
+    }
+    use qwen2_gguf::GgmlType;
+    // Rows that are not a multiple of the task size, k of one and of several blocks.
+    for (ty, n, k) in [
+        (GgmlType::Q8_0, 37, 64),
+        (GgmlType::Q5_0, 50, 896),
+        (GgmlType::Q4_K, 19, 512),
+        (GgmlType::Q6_K, 33, 256),
+    ] {
+        let w = values(n * k, 7);
+        let q = qwen2_quant::QuantMatrix::from_f32(ty, n, k, &w).unwrap();
+        let wb = qwen2_gguf::dequantize_to_bf16(ty, q.data()).unwrap();
+        for m in [1, 5, 16] {
+            let x = values(m * k, 3);
+            let got = matmul_quantized_rows(&x, m, &q).unwrap();
+            // The same bf16 weights through the same tiles: the same sums, bit for bit.
+            let want = avx512::run(&x, m, k, &wb, n, true);
+            assert_eq!(got, want, "{ty} {m}x{k}x{n}");
+        }
+    }
+}
