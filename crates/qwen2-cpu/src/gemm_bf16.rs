@@ -23,7 +23,7 @@
 //! `|y - Σ x·w| ≤ (k / 16 + 8) · 2^-24 · Σ |x·w|` (plus `k · 2^-126` from flushed denormals):
 //! the same order as the AVX2 path's `(k / 8 + 8) · 2^-24 · Σ |x·w|`.
 //!
-//! Used only when the CPU has AVX512-BF16, AVX512F and AVX512BW and the environment does not
+//! Used only when the CPU has AVX512-BF16, AVX512F, AVX512BW and AVX512VL and the environment does not
 //! set `QWEN2_CPU_BF16_DOT=0` ([`enabled`]).
 
 use std::sync::OnceLock;
@@ -53,6 +53,7 @@ pub fn cpu_has_bf16_dot() -> bool {
         is_x86_feature_detected!("avx512bf16")
             && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -200,16 +201,37 @@ mod avx512 {
             // Per-thread buffers: a fresh 300 KB allocation per task is a fresh mapping whose
             // pages the kernel zeroes (measured: 15% of a prefill).
             SCRATCH.with_borrow_mut(|(values, bits)| {
-                values.resize(rows.len() * k, 0.0);
-                qwen2_gguf::dequantize_into(w.ggml_type(), bytes, values)
-                    .expect("a QuantMatrix holds whole rows of its type");
-                // SAFETY: the caller checked the CPU.
-                let wb = unsafe { to_bf16_in(values, rows.len(), k, std::mem::take(bits)) };
+                let stride = k.next_multiple_of(32);
+                let mut direct = std::mem::take(bits);
+                direct.clear();
+                direct.resize(rows.len().next_multiple_of(MR) * stride, 0);
+                // SAFETY: the caller checked the CPU (and `enabled` AVX512VL with BW);
+                // `bytes` holds the task's rows; `direct` has room for them.
+                let done = unsafe {
+                    super::dequant::rows_to_bf16(
+                        w.ggml_type(),
+                        bytes,
+                        rows.len(),
+                        k,
+                        &mut direct,
+                        stride,
+                    )
+                };
+                let wb = if done {
+                    Rows {
+                        bits: direct,
+                        stride,
+                    }
+                } else {
+                    values.resize(rows.len() * k, 0.0);
+                    qwen2_gguf::dequantize_into(w.ggml_type(), bytes, values)
+                        .expect("a QuantMatrix holds whole rows of its type");
+                    // SAFETY: the caller checked the CPU.
+                    unsafe { to_bf16_in(values, rows.len(), k, direct) }
+                };
                 // SAFETY: as in `product`; the task's rows are `0..len` of `wb`, written to
                 // the columns `rows` of `y` (which no other task writes).
-                unsafe {
-                    block_strided(&xb, m, k, &wb, n, rows.len(), out.get().add(rows.start))
-                }
+                unsafe { block_strided(&xb, m, k, &wb, n, rows.len(), out.get().add(rows.start)) }
                 *bits = wb.bits;
             })
         };
@@ -486,5 +508,7 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod dequant;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests;

@@ -215,6 +215,7 @@ fn quantized_tiles_equal_the_bf16_product_of_the_dequantized_weights() {
     // Rows that are not a multiple of the task size, k of one and of several blocks.
     for (ty, n, k) in [
         (GgmlType::Q8_0, 37, 64),
+        (GgmlType::Q4_0, 21, 96),
         (GgmlType::Q5_0, 50, 896),
         (GgmlType::Q4_K, 19, 512),
         (GgmlType::Q6_K, 33, 256),
