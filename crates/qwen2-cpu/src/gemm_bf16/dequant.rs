@@ -31,7 +31,9 @@ pub(super) unsafe fn rows_to_bf16(
     };
     let blocks = k / 32;
     assert!(
-        k % 32 == 0 && data.len() >= rows * blocks * block_bytes && bits.len() >= rows * stride,
+        k.is_multiple_of(32)
+            && data.len() >= rows * blocks * block_bytes
+            && bits.len() >= rows * stride,
         "rows of whole blocks"
     );
     for r in 0..rows {
