@@ -6,6 +6,7 @@ use half::f16;
 use qwen2_gguf::{GgmlType, QK_K};
 
 use crate::error::{shape_error, QuantError, Result};
+use crate::quads::{quad_rows, Q8_0Quad};
 
 /// Elements per Q8_0 / Q8_1 block.
 pub const QK8: usize = 32;
@@ -117,10 +118,26 @@ fn absolute_max(x: &[f32]) -> f32 {
 /// `quantize_row_q8_0_ref`: `d = amax / 127`, `q = roundf(x / d)` (half away from zero).
 pub fn quantize_q8_0(x: &[f32]) -> Result<Vec<BlockQ8_0>> {
     check_multiple(x.len(), QK8, "Q8_0")?;
-    Ok(x.chunks_exact(QK8).map(quantize_block_q8_0).collect())
+    #[cfg(target_arch = "x86_64")]
+    {
+        let zero = BlockQ8_0 {
+            d: f16::ZERO,
+            qs: [0; QK8],
+        };
+        let mut blocks = vec![zero; x.len() / QK8];
+        if crate::x86::quantize::quantize_q8_0(x, &mut blocks, quantize_block_q8_0) {
+            return Ok(blocks);
+        }
+    }
+    Ok(quantize_q8_0_scalar(x))
 }
 
-fn quantize_block_q8_0(x: &[f32]) -> BlockQ8_0 {
+/// [`quantize_q8_0`] in scalar code (whole blocks).
+pub(crate) fn quantize_q8_0_scalar(x: &[f32]) -> Vec<BlockQ8_0> {
+    x.chunks_exact(QK8).map(quantize_block_q8_0).collect()
+}
+
+pub(crate) fn quantize_block_q8_0(x: &[f32]) -> BlockQ8_0 {
     let d = absolute_max(x) / 127.0;
     let id = inverse_or_zero(d);
     BlockQ8_0 {
@@ -206,6 +223,8 @@ pub struct QuantizedActivations {
     rows: usize,
     cols: usize,
     blocks: ActivationBlocks,
+    /// Q8_0 blocks: the same blocks in the SIMD kernels' quad layout (empty otherwise).
+    quads: Vec<Q8_0Quad>,
 }
 
 impl QuantizedActivations {
@@ -220,12 +239,28 @@ impl QuantizedActivations {
             )));
         }
         check_multiple(cols, format.block_size(), "whole blocks per row")?;
+        let mut quads = Vec::new();
         let blocks = match format {
-            ActivationFormat::Q8_0 => ActivationBlocks::Q8_0(quantize_q8_0(x)?),
+            ActivationFormat::Q8_0 => {
+                let blocks = quantize_q8_0(x)?;
+                quads = quad_rows(&blocks, cols / QK8);
+                ActivationBlocks::Q8_0(blocks)
+            }
             ActivationFormat::Q8_1 => ActivationBlocks::Q8_1(quantize_q8_1(x)?),
             ActivationFormat::Q8K => ActivationBlocks::Q8K(quantize_q8_k(x)?),
         };
-        Ok(QuantizedActivations { rows, cols, blocks })
+        Ok(QuantizedActivations {
+            rows,
+            cols,
+            blocks,
+            quads,
+        })
+    }
+
+    /// Q8_0 activations in the quad layout of the SIMD kernels (row after row,
+    /// [`quads_per_row`](crate::quads::quads_per_row) each); empty for the other formats.
+    pub(crate) fn quads(&self) -> &[Q8_0Quad] {
+        &self.quads
     }
 
     /// Number of activation rows.

@@ -14,7 +14,9 @@ pub enum KernelPath {
     /// x86-64 AVX2 + FMA + F16C: `maddubs_epi16` / `madd_epi16` integer dots.
     Avx2,
     /// The AVX2 kernels with the integer dots done by AVX-512 VNNI (`vpdpbusd` / `vpdpwssd`
-    /// on 256-bit registers; needs avx512vnni + avx512vl).
+    /// on 256-bit registers) and byte masks from AVX-512BW; Q4_0/Q5_0 on 512-bit registers
+    /// with AVX-512 VBMI byte permutes where the CPU has VBMI (needs avx512vnni + avx512vl +
+    /// avx512bw).
     Avx512Vnni,
 }
 
@@ -60,7 +62,7 @@ impl KernelPath {
         Some(match self {
             KernelPath::Portable => unreachable!("portable is always available"),
             KernelPath::Avx2 => "CPU lacks avx2+fma+f16c",
-            KernelPath::Avx512Vnni => "CPU lacks avx512vnni+avx512vl (with avx2+fma+f16c)",
+            KernelPath::Avx512Vnni => "CPU lacks avx512vnni+avx512vl+avx512bw (with avx2+fma+f16c)",
         })
     }
 }
@@ -75,7 +77,7 @@ impl fmt::Display for KernelPath {
 struct CpuFeatures {
     /// avx2 + fma + f16c.
     avx2: bool,
-    /// avx512vnni + avx512vl (+ avx512f).
+    /// avx512vnni + avx512vl + avx512bw (+ avx512f).
     avx512_vnni: bool,
 }
 
@@ -92,6 +94,7 @@ fn probe_cpu_features() -> CpuFeatures {
             && is_x86_feature_detected!("f16c"),
         avx512_vnni: is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vnni"),
     }
 }
@@ -102,6 +105,22 @@ fn probe_cpu_features() -> CpuFeatures {
         avx2: false,
         avx512_vnni: false,
     }
+}
+
+/// Whether the CPU has AVX-512 VBMI (byte permutes), which the VNNI path's Q4_0/Q5_0/Q8_0
+/// kernels use where present (probed once).
+pub(crate) fn has_avx512_vbmi() -> bool {
+    static VBMI: OnceLock<bool> = OnceLock::new();
+    *VBMI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx512vbmi")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
 }
 
 /// The paths this CPU can run, slowest first (always starts with [`KernelPath::Portable`]).

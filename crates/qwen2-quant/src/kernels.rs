@@ -6,27 +6,37 @@ use crate::activation::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use crate::dispatch::KernelPath;
 use crate::error::{QuantError, Result};
 use crate::portable;
+use crate::quads::Q8_0Quad;
 
-/// Dot products of one weight row (`w`, whole blocks) with several activation rows (`xs`,
-/// each as many blocks as `w`), written to `out` (one per activation row). The SIMD kernels
-/// load each weight block once per group of 4 activation rows; the result for an activation
-/// row never depends on the other rows.
-pub(crate) type RowsFn<A> = fn(w: &[u8], xs: &[&[A]], out: &mut [f32]);
+/// Dot products of weight rows (`w`: whole rows of `row_bytes` bytes) with activation rows
+/// (`xs`, each holding the activations for one weight row): `out[j * stride + i] = w_j · x_i`.
+/// The SIMD kernels load each weight block once per group of 4 activation rows, and with one
+/// activation row take 4 consecutive weight rows per call; the result for a (weight row,
+/// activation row) never depends on the other rows.
+pub(crate) type RowsFn<A> =
+    fn(w: &[u8], row_bytes: usize, xs: &[&[A]], out: &mut [f32], stride: usize);
 
-/// A weight type's row kernel, typed by the activation format it takes.
+/// A weight type's row kernel, typed by the activation layout it takes.
 #[derive(Clone, Copy)]
 pub(crate) enum RowKernel {
+    /// Q8_0 blocks (portable Q4_0/Q5_0/Q8_0).
     Q8_0(RowsFn<BlockQ8_0>),
+    /// Q8_0 blocks in quads (SIMD Q4_0/Q5_0/Q8_0).
+    Q8_0Quads(RowsFn<Q8_0Quad>),
+    /// Q8_1 blocks (Q4_1/Q5_1).
     Q8_1(RowsFn<BlockQ8_1>),
+    /// Q8_K blocks (the k-quants).
     Q8K(RowsFn<BlockQ8K>),
 }
 
 /// Defines a portable [`RowsFn`] from a one-row dot `fn(&[u8], &[A]) -> f32`.
 macro_rules! portable_rows {
     ($name:ident, $act:ty, $dot:path) => {
-        fn $name(w: &[u8], xs: &[&[$act]], out: &mut [f32]) {
-            for (x, o) in xs.iter().zip(out.iter_mut()) {
-                *o = $dot(w, x);
+        fn $name(w: &[u8], row_bytes: usize, xs: &[&[$act]], out: &mut [f32], stride: usize) {
+            for (j, row) in w.chunks_exact(row_bytes).enumerate() {
+                for (i, x) in xs.iter().enumerate() {
+                    out[j * stride + i] = $dot(row, x);
+                }
             }
         }
     };
@@ -76,9 +86,9 @@ fn simd_kernel(weight_type: GgmlType, path: KernelPath) -> Result<RowKernel> {
     use crate::x86;
     use GgmlType::*;
     let kernel = match weight_type {
-        Q8_0 => x86::q8_0::kernel(path).map(RowKernel::Q8_0),
-        Q4_0 => x86::q4_0::kernel(path).map(RowKernel::Q8_0),
-        Q5_0 => x86::q5_0::kernel(path).map(RowKernel::Q8_0),
+        Q8_0 => x86::q8_0::kernel(path).map(RowKernel::Q8_0Quads),
+        Q4_0 => x86::q4_0::kernel(path).map(RowKernel::Q8_0Quads),
+        Q5_0 => x86::q5_0::kernel(path).map(RowKernel::Q8_0Quads),
         Q4_1 => x86::q4_1::kernel(path).map(RowKernel::Q8_1),
         Q5_1 => x86::q5_1::kernel(path).map(RowKernel::Q8_1),
         Q2_K => x86::q2_k::kernel(path).map(RowKernel::Q8K),

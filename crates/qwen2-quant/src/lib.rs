@@ -8,9 +8,13 @@
 //!   Q6_K) in three implementations ([`KernelPath`]): portable scalar, AVX2 and AVX-512 VNNI,
 //!   picked at run time ([`best_path`], overridable with `QWEN2_QUANT_PATH`). Integer parts
 //!   are exact; the paths differ only in the order of f32 operations on the per-block scale
-//!   products.
-//! - [`QuantMatrix`]: `matvec` (decode) and `matmul` (prefill, each weight block unpacked once
-//!   per 4 activation rows), parallel over output rows with rayon.
+//!   products. The SIMD kernels of the signed types (Q4_0, Q5_0, Q8_0) take the Q8_0
+//!   activations rearranged in groups of four blocks with their quant sums, and multiply
+//!   unsigned weights corrected by `offset · Σ x` (one `vpdpbusd` per 32 bytes).
+//! - [`QuantMatrix`]: `matvec` (decode: contiguous runs of rows shared between the calling
+//!   thread and the free rayon workers, small matrices on the calling thread) and `matmul`
+//!   (prefill, each weight block unpacked once per 4 activation rows, parallel over output
+//!   rows with rayon).
 
 #![warn(missing_docs)]
 
@@ -19,7 +23,9 @@ mod dispatch;
 mod error;
 mod kernels;
 mod matrix;
+mod parallel;
 mod portable;
+mod quads;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

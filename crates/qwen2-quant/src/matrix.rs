@@ -11,6 +11,8 @@ use crate::activation::{ActivationBlocks, ActivationFormat, QuantizedActivations
 use crate::dispatch::{best_path, KernelPath};
 use crate::error::{shape_error, QuantError, Result};
 use crate::kernels::{select, RowKernel, RowsFn};
+use crate::parallel::share;
+use crate::quads::quads_per_row;
 
 /// Bytes shared by a matrix: any owner (a `Vec<u8>`, an `Arc<[u8]>`, a memory map) and the
 /// byte range of the matrix inside it.
@@ -226,6 +228,13 @@ impl QuantMatrix {
             (RowKernel::Q8_0(k), ActivationBlocks::Q8_0(a)) => {
                 multiply(k, &weights, a, blocks_per_row, y)
             }
+            (RowKernel::Q8_0Quads(k), ActivationBlocks::Q8_0(_)) => multiply(
+                k,
+                &weights,
+                activations.quads(),
+                quads_per_row(blocks_per_row),
+                y,
+            ),
             (RowKernel::Q8_1(k), ActivationBlocks::Q8_1(a)) => {
                 multiply(k, &weights, a, blocks_per_row, y)
             }
@@ -248,65 +257,110 @@ struct WeightRows<'a> {
 /// weight rows of a chunk are swept over it).
 const ACTIVATION_TILE_BYTES: usize = 32 * 1024;
 
-/// Below this many weight bytes a product runs on the calling thread.
+/// Below this many weight bytes a decode product runs on the calling thread: a 896 × 128
+/// Q5_0/Q8_0 matrix (80–120 KB, 5–8 µs from DRAM on one core) was slower when shared.
+const DECODE_PARALLEL_MIN_BYTES: usize = 256 * 1024;
+
+/// Below this many weight bytes a product of several activation rows runs on the calling
+/// thread.
 const PARALLEL_MIN_BYTES: usize = 64 * 1024;
 
-/// `y[i, r] = w_r · x_i` for the `m` activation rows in `acts` (row-major blocks).
+/// Decode tasks per thread: contiguous runs of rows, claimed in order by the calling thread
+/// and the rayon workers that join (4 balanced best when a core is busy elsewhere).
+const DECODE_TASKS_PER_THREAD: usize = 4;
+
+/// `y[i, r] = w_r · x_i` for the `m` activation rows in `acts` (row-major, `per_row` elements
+/// of the kernel's activation layout each).
 fn multiply<A: Sync>(
     kernel: RowsFn<A>,
     weights: &WeightRows<'_>,
     acts: &[A],
-    blocks_per_row: usize,
+    per_row: usize,
     y: &mut [f32],
 ) {
-    let act_rows: Vec<&[A]> = acts.chunks_exact(blocks_per_row).collect();
-    let m = act_rows.len();
+    let m = acts.len() / per_row;
+    if m == 1 {
+        decode(kernel, weights, acts, y);
+        return;
+    }
+    let act_rows: Vec<&[A]> = acts.chunks_exact(per_row).collect();
     let rows = weights.data.len() / weights.row_bytes;
-    let act_row_bytes = blocks_per_row * std::mem::size_of::<A>();
+    let act_row_bytes = per_row * std::mem::size_of::<A>();
     let tile = (ACTIVATION_TILE_BYTES / act_row_bytes / 4 * 4).clamp(4, m.max(4));
     let threads = rayon::current_num_threads().max(1);
-    let chunk_rows = if m == 1 {
-        (rows / (threads * 8)).clamp(8, 512)
-    } else {
-        (rows / (threads * 4)).clamp(4, 64)
-    };
+    let chunk_rows = (rows / (threads * 4)).clamp(4, 64);
     // Output transposed to [rows, m]: each chunk of weight rows owns a contiguous slice.
     let run_chunk = |(chunk_index, out): (usize, &mut [f32])| {
         let first_row = chunk_index * chunk_rows;
+        let n = out.len() / m;
+        let w = &weights.data[first_row * weights.row_bytes..(first_row + n) * weights.row_bytes];
         for tile_start in (0..m).step_by(tile) {
             let tile_rows = &act_rows[tile_start..(tile_start + tile).min(m)];
-            for (i, out_row) in out.chunks_exact_mut(m).enumerate() {
-                let start = (first_row + i) * weights.row_bytes;
-                let w = &weights.data[start..start + weights.row_bytes];
-                kernel(
-                    w,
-                    tile_rows,
-                    &mut out_row[tile_start..tile_start + tile_rows.len()],
-                );
-            }
+            kernel(w, weights.row_bytes, tile_rows, &mut out[tile_start..], m);
         }
     };
-    let compute = |out: &mut [f32]| {
-        if weights.data.len() < PARALLEL_MIN_BYTES || threads == 1 {
-            out.chunks_mut(chunk_rows * m)
-                .enumerate()
-                .for_each(run_chunk);
-        } else {
-            out.par_chunks_mut(chunk_rows * m)
-                .enumerate()
-                .for_each(run_chunk);
-        }
-    };
-    if m == 1 {
-        compute(y);
-        return;
-    }
     let mut transposed = vec![0f32; rows * m];
-    compute(&mut transposed);
+    if weights.data.len() < PARALLEL_MIN_BYTES || threads == 1 {
+        transposed
+            .chunks_mut(chunk_rows * m)
+            .enumerate()
+            .for_each(run_chunk);
+    } else {
+        transposed
+            .par_chunks_mut(chunk_rows * m)
+            .enumerate()
+            .for_each(run_chunk);
+    }
     for (r, values) in transposed.chunks_exact(m).enumerate() {
         for (i, &v) in values.iter().enumerate() {
             y[i * rows + r] = v;
         }
+    }
+}
+
+/// `y = W x` for one activation row `x`: contiguous runs of rows shared between the calling
+/// thread and the rayon workers that are free ([`share`]), or all on the calling thread for a
+/// small matrix.
+fn decode<A: Sync>(kernel: RowsFn<A>, weights: &WeightRows<'_>, x: &[A], y: &mut [f32]) {
+    let rows = y.len();
+    let row_bytes = weights.row_bytes;
+    let threads = rayon::current_num_threads().max(1);
+    if weights.data.len() < DECODE_PARALLEL_MIN_BYTES || threads == 1 {
+        kernel(weights.data, row_bytes, &[x], y, 1);
+        return;
+    }
+    let chunk = rows.div_ceil(threads * DECODE_TASKS_PER_THREAD);
+    let out = OutputRows(y.as_mut_ptr());
+    share(rows.div_ceil(chunk), threads - 1, |task| {
+        let first = task * chunk;
+        let n = chunk.min(rows - first);
+        // SAFETY: `share` runs each task once, and task `i` alone writes rows
+        // `i·chunk..i·chunk + n` of `y`, which outlives `share`.
+        let out = unsafe { out.rows(first, n) };
+        kernel(
+            &weights.data[first * row_bytes..(first + n) * row_bytes],
+            row_bytes,
+            &[x],
+            out,
+            1,
+        );
+    });
+}
+
+/// The output of [`decode`], written in disjoint runs of rows by several threads.
+struct OutputRows(*mut f32);
+
+// SAFETY: the tasks of `decode` write disjoint rows.
+unsafe impl Sync for OutputRows {}
+
+impl OutputRows {
+    /// Rows `first..first + n`.
+    ///
+    /// # Safety
+    /// They must be inside the output and written by no one else while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn rows(&self, first: usize, n: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(first), n)
     }
 }
 

@@ -38,31 +38,43 @@ fn matmul_equals_matvecs_exactly() {
 
 #[test]
 fn large_matrices_use_the_parallel_path_identically() {
-    // Over the parallel threshold: the result must not depend on the chunking.
+    // Over the decode parallel threshold (256 KB): the result must not depend on the chunking,
+    // nor on whether the product is shared between threads.
     let mut rng = Rng::new(201);
-    let ty = GgmlType::Q4_K;
-    let (rows, cols) = (1000, 512);
-    let matrix = test_matrix(ty, rows, cols, &mut rng);
-    let x = rng.activations(2 * cols);
-    for path in available_paths() {
-        let mut batched = vec![0f32; 2 * rows];
-        matrix.matmul_with_path(path, &x, 2, &mut batched).unwrap();
-        let mut single = vec![0f32; rows];
-        matrix
-            .matvec_with_path(path, &x[cols..], &mut single)
-            .unwrap();
-        assert_eq!(&batched[rows..], &single[..], "{path}");
-        let act = matrix.quantize_activations(&x[cols..], 1).unwrap();
-        let mut one = [0f32];
-        dot_rows(
-            path,
-            ty,
-            &matrix.data()[17 * matrix.row_bytes()..18 * matrix.row_bytes()],
-            &act,
-            &mut one,
-        )
-        .unwrap();
-        assert_eq!(one[0].to_bits(), single[17].to_bits(), "{path} dot_rows");
+    for (ty, rows, cols) in [
+        (GgmlType::Q4_K, 2000, 512),
+        (GgmlType::Q5_0, 2000, 224),
+        (GgmlType::Q8_0, 1001, 288),
+    ] {
+        let matrix = test_matrix(ty, rows, cols, &mut rng);
+        assert!(matrix.data().len() > 256 * 1024);
+        let x = rng.activations(2 * cols);
+        for path in available_paths() {
+            let mut batched = vec![0f32; 2 * rows];
+            matrix.matmul_with_path(path, &x, 2, &mut batched).unwrap();
+            let mut single = vec![0f32; rows];
+            matrix
+                .matvec_with_path(path, &x[cols..], &mut single)
+                .unwrap();
+            assert_eq!(&batched[rows..], &single[..], "{ty} {path}");
+            let act = matrix.quantize_activations(&x[cols..], 1).unwrap();
+            for r in [0, 17, rows - 1] {
+                let mut one = [0f32];
+                dot_rows(
+                    path,
+                    ty,
+                    &matrix.data()[r * matrix.row_bytes()..(r + 1) * matrix.row_bytes()],
+                    &act,
+                    &mut one,
+                )
+                .unwrap();
+                assert_eq!(
+                    one[0].to_bits(),
+                    single[r].to_bits(),
+                    "{ty} {path} dot_rows"
+                );
+            }
+        }
     }
 }
 

@@ -396,21 +396,21 @@ unsafe fn q6_k_kernel<E: IntDot, const N: usize>(
 
 super::simd_row_kernels!(
     /// Q2_K weights · Q8_K activations.
-    q2_k, BlockQ8K, 84, q2_k_kernel
+    q2_k, BlockQ8K, std::convert::identity, 84, q2_k_kernel
 );
 super::simd_row_kernels!(
     /// Q3_K weights · Q8_K activations.
-    q3_k, BlockQ8K, 110, q3_k_kernel
+    q3_k, BlockQ8K, std::convert::identity, 110, q3_k_kernel
 );
 super::simd_row_kernels!(
     /// Q4_K weights · Q8_K activations.
-    q4_k, BlockQ8K, 144, q4_k_kernel
+    q4_k, BlockQ8K, std::convert::identity, 144, q4_k_kernel
 );
 super::simd_row_kernels!(
     /// Q5_K weights · Q8_K activations.
-    q5_k, BlockQ8K, 176, q5_k_kernel
+    q5_k, BlockQ8K, std::convert::identity, 176, q5_k_kernel
 );
 super::simd_row_kernels!(
     /// Q6_K weights · Q8_K activations.
-    q6_k, BlockQ8K, 210, q6_k_kernel
+    q6_k, BlockQ8K, std::convert::identity, 210, q6_k_kernel
 );
