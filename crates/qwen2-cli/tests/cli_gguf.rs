@@ -235,33 +235,15 @@ fn quantized_weights_are_kept_or_made_at_load_and_reported() {
         "{stderr}"
     );
     // bench reports what a token reads as stored.
-    let bench = stdout_json(&[
-        "bench",
-        "--model",
-        hf.to_str().unwrap(),
-        "--quantize",
-        "q8_0",
-        "--prompt-len",
-        "8",
-        "--gen",
-        "2",
-        "--reps",
-        "1",
-    ]);
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "--model", hf.to_str().unwrap()];
+        args.extend(extra);
+        args.extend(["--prompt-len", "8", "--gen", "2", "--reps", "1"]);
+        stdout_json(&args)
+    };
+    let dense_bench = bench(&["--precision", "f32"]);
+    let bench = bench(&["--quantize", "q8_0"]);
     assert_eq!(bench["weights"], "q8_0 \u{d7}15");
-    let dense_bench = stdout_json(&[
-        "bench",
-        "--model",
-        hf.to_str().unwrap(),
-        "--precision",
-        "f32",
-        "--prompt-len",
-        "8",
-        "--gen",
-        "2",
-        "--reps",
-        "1",
-    ]);
     let ratio = bench["weight_bytes_per_token"].as_f64().unwrap()
         / dense_bench["weight_bytes_per_token"].as_f64().unwrap();
     // Q8_0 stores 34 bytes per 32 weights against f32's 128.
