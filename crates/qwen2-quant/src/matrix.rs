@@ -121,12 +121,22 @@ impl QuantMatrix {
                 values.len()
             )));
         }
-        QuantMatrix::new(
-            ggml_type,
-            rows,
-            cols,
-            qwen2_gguf::quantize(ggml_type, values)?,
-        )
+        let block = ggml_type.block_size();
+        if cols == 0 || !cols.is_multiple_of(block) {
+            return Err(shape_error(format!(
+                "{cols} columns are not a positive multiple of the {ggml_type} block size {block}"
+            )));
+        }
+        // Blocks never straddle rows, so rows quantize independently: in parallel chunks of
+        // rows, concatenated in order (the same bytes as one call over the whole matrix).
+        let row_bytes = cols / block * ggml_type.type_size();
+        let rows_per_task = (1 << 16) / cols + 1;
+        let mut bytes = vec![0u8; rows * row_bytes];
+        bytes
+            .par_chunks_mut(rows_per_task * row_bytes)
+            .zip(values.par_chunks(rows_per_task * cols))
+            .try_for_each(|(out, v)| qwen2_gguf::quantize_into(ggml_type, v, out))?;
+        QuantMatrix::new(ggml_type, rows, cols, bytes)
     }
 
     /// The weight type.

@@ -149,3 +149,21 @@ fn shared_and_borrowed_buffers_work() {
     assert_eq!(a, c);
     assert!(qwen2_quant::WeightBytes::new(owner, 0..10_000).is_err());
 }
+
+#[test]
+fn from_f32_quantizes_rows_in_parallel_to_the_bytes_of_one_whole_call() {
+    // 600 rows of 256: three parallel chunks of rows, the last one short.
+    let (rows, cols) = (600usize, 256usize);
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let m = QuantMatrix::from_f32(ty, rows, cols, &values).unwrap();
+        assert_eq!(m.data(), qwen2_gguf::quantize(ty, &values).unwrap(), "{ty}");
+    }
+}

@@ -177,9 +177,9 @@ impl<B: Backend> ProjectionWeight<B> {
                 let values = values
                     .as_slice::<f32>()
                     .map_err(|e| Error::Invalid(format!("{name}: f32 values expected ({e:?})")))?;
-                let bytes = qwen2_gguf::quantize(ty, values)
+                let q = QuantMatrix::from_f32(ty, out, inp, values)
                     .map_err(|e| Error::Invalid(format!("quantizing {name} to {ty}: {e}")))?;
-                matrix(ty, bytes.into())
+                Ok(Self::Quantized(Arc::new(q)))
             }
         }
     }
