@@ -73,6 +73,39 @@ impl GgufTensors {
         dominant_type(&self.model).map(dtype_name)
     }
 
+    /// The entry of HF tensor `name`, with its shape checked against `expected` (HF layout):
+    /// a missing tensor or another shape is an error naming the file and both names.
+    fn entry(&self, name: &str, expected: &[usize]) -> Result<&Entry> {
+        let Some(entry) = self.entries.get(name) else {
+            let gguf = super::gguf_name(name).unwrap_or_else(|| "?".into());
+            return Err(Error::MissingTensor {
+                name: name.to_string(),
+                location: format!("{} (GGUF name `{gguf}`)", self.path().display()),
+            });
+        };
+        if entry.shape != expected {
+            return Err(self.tensor_error(
+                name,
+                entry,
+                format!(
+                    "has shape {:?}, expected {expected:?} (from the GGUF metadata)",
+                    entry.shape
+                ),
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// An error about HF tensor `name` (GGUF `entry`) of this file.
+    fn tensor_error(&self, name: &str, entry: &Entry, message: String) -> Error {
+        Error::GgufTensor {
+            name: name.to_string(),
+            gguf_name: entry.gguf_name.clone(),
+            path: self.path().to_path_buf(),
+            message,
+        }
+    }
+
     /// HF tensor `name`'s stored blocks when its type is one the quantized kernels multiply
     /// directly ([`qwen2_quant::SUPPORTED_WEIGHT_TYPES`]): the type and its bytes, shared with
     /// the memory map (no copy), with the shape checked against `expected` (HF layout).
@@ -82,27 +115,7 @@ impl GgufTensors {
         name: &str,
         expected: &[usize],
     ) -> Result<Option<(GgmlType, qwen2_quant::WeightBytes)>> {
-        let Some(entry) = self.entries.get(name) else {
-            return Err(Error::MissingTensor {
-                name: name.to_string(),
-                location: format!(
-                    "{} (GGUF name `{}`)",
-                    self.path().display(),
-                    super::gguf_name(name).unwrap_or_else(|| "?".into())
-                ),
-            });
-        };
-        if entry.shape != expected {
-            return Err(Error::GgufTensor {
-                name: name.to_string(),
-                gguf_name: entry.gguf_name.clone(),
-                path: self.path().to_path_buf(),
-                message: format!(
-                    "has shape {:?}, expected {expected:?} (from the GGUF metadata)",
-                    entry.shape
-                ),
-            });
-        }
+        let entry = self.entry(name, expected)?;
         let view = self.model.tensor(&entry.gguf_name)?;
         let ty = view.ggml_type();
         if !qwen2_quant::SUPPORTED_WEIGHT_TYPES.contains(&ty) {
@@ -125,25 +138,8 @@ impl GgufTensors {
         transpose: bool,
     ) -> Result<TensorData> {
         let path = self.path().to_path_buf();
-        let Some(entry) = self.entries.get(name) else {
-            let gguf = super::gguf_name(name).unwrap_or_else(|| "?".into());
-            return Err(Error::MissingTensor {
-                name: name.to_string(),
-                location: format!("{} (GGUF name `{gguf}`)", path.display()),
-            });
-        };
-        let tensor_error = |message: String| Error::GgufTensor {
-            name: name.to_string(),
-            gguf_name: entry.gguf_name.clone(),
-            path: path.clone(),
-            message,
-        };
-        if entry.shape != expected {
-            return Err(tensor_error(format!(
-                "has shape {:?}, expected {expected:?} (from the GGUF metadata)",
-                entry.shape
-            )));
-        }
+        let entry = self.entry(name, expected)?;
+        let tensor_error = |message: String| self.tensor_error(name, entry, message);
         let view = self.model.tensor(&entry.gguf_name)?;
         let values = view.dequantize().map_err(|e| {
             tensor_error(match e {

@@ -203,7 +203,9 @@ impl<B: Backend> Qwen2Model<B> {
             });
         };
         let tied_head_quantized = match (&lm_head, quant) {
-            (None, WeightQuantization::To(_)) => {
+            // (A head whose rows are not whole blocks stays the dense embedding: no second
+            // dense load just to drop it.)
+            (None, WeightQuantization::To(t)) if t.type_for(c.hidden_size, true).is_some() => {
                 match ProjectionWeight::<B>::load(
                     ckpt,
                     "model.embed_tokens.weight",
