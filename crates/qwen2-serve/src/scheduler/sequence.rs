@@ -26,7 +26,7 @@ pub enum Phase {
 pub enum RowOutcome {
     /// A token was emitted; the sequence goes on.
     Continue,
-    /// The sequence ended (its `Done` is sent).
+    /// The sequence ended (its `Done` waits in [`Sequence::take_end`]).
     Finished,
     /// The logits held NaN or inf: nothing was emitted.
     NonFinite,
@@ -57,6 +57,9 @@ pub struct Sequence<'t, B: Backend> {
     generated: usize,
     counts: HashMap<u32, u32>,
     started: bool,
+    /// The `Done` event of a finished sequence, sent by the worker once the sequence has left
+    /// the running set (so a client that sees it also sees the engine's gauges without it).
+    end: Option<JobEvent>,
 }
 
 impl<'t, B: Backend> Sequence<'t, B> {
@@ -93,7 +96,13 @@ impl<'t, B: Backend> Sequence<'t, B> {
             generated: 0,
             counts: HashMap::new(),
             started: false,
+            end: None,
         }
+    }
+
+    /// The finished sequence's `Done` event with the channel it goes to.
+    pub fn take_end(&mut self) -> Option<(tokio::sync::mpsc::UnboundedSender<JobEvent>, JobEvent)> {
+        self.end.take().map(|e| (self.events.clone(), e))
     }
 
     /// Whether the client went away.
@@ -180,8 +189,8 @@ impl<'t, B: Backend> Sequence<'t, B> {
         });
     }
 
-    fn done(&self, finish_reason: FinishReason) -> RowOutcome {
-        let _ = self.events.send(JobEvent::Done {
+    fn done(&mut self, finish_reason: FinishReason) -> RowOutcome {
+        self.end = Some(JobEvent::Done {
             finish_reason,
             prompt_tokens: self.prompt_len,
             completion_tokens: self.generated,

@@ -112,8 +112,10 @@ pub fn run<P: Platform>(
         decode_step(&shared, &mut models, &mut running, &mut finished);
         finished.sort_unstable();
         finished.dedup();
+        let mut ends = Vec::new();
         for i in finished.into_iter().rev() {
-            let s = running.remove(i);
+            let mut s = running.remove(i);
+            ends.extend(s.take_end());
             pool.put(s.plan, s.ids, s.cache);
         }
         // Rows that overflowed move to the next plan and prefill again.
@@ -124,6 +126,9 @@ pub fn run<P: Platform>(
             fall_back(&shared, &mut models, &mut pool, s);
         }
         shared.stats(|st| st.running = running.len());
+        for (events, end) in ends {
+            let _ = events.send(end);
+        }
     }
     shared.stats(|st| st.running = 0);
 }
