@@ -127,16 +127,21 @@ fn attend_group<E: Lanes>(
     let m = p.group * n;
     // The last row of the block sees keys 0..seen; earlier rows see fewer (masked below).
     let seen = p.start + rows.end;
-    let q: Vec<f32> = (0..p.group)
-        .flat_map(|g| rows.clone().map(move |i| (i, kv * p.group + g)))
-        .flat_map(|(i, head)| p.q[(i * p.heads + head) * dim..][..dim].iter().copied())
-        .collect();
+    let mut q = Vec::with_capacity(m * dim);
+    for g in 0..p.group {
+        let head = kv * p.group + g;
+        for i in rows.clone() {
+            q.extend_from_slice(&p.q[(i * p.heads + head) * dim..][..dim]);
+        }
+    }
+    let exact_scores = p.scores_round == Round::Bf16;
     let mut probs = match keys.head_slice(kv, seen, dim) {
-        Some(k) => matmul_rows_serial(&q, m, dim, k, seen),
+        Some(k) => product(&q, m, dim, k, seen, exact_scores),
         None => {
-            let k: Vec<f32> = (0..seen)
-                .flat_map(|j| keys.row(kv, j, dim).iter().map(|v| v.f32()))
-                .collect();
+            let mut k = Vec::with_capacity(seen * dim);
+            for j in 0..seen {
+                k.extend(keys.row(kv, j, dim).iter().map(|v| v.f32()));
+            }
             matmul_rows_serial(&q, m, dim, &k, seen)
         }
     };
@@ -147,17 +152,27 @@ fn attend_group<E: Lanes>(
         masked.fill(0.0);
     }
     // Values transposed to `[dim, seen]` rows for the second product.
-    let mut vt = vec![0.0f32; dim * seen];
+    let mut vt = vec![E::default(); dim * seen];
     for j in 0..seen {
-        for (d, v) in values.row(kv, j, dim).iter().enumerate() {
-            vt[d * seen + j] = v.f32();
+        for (d, &v) in values.row(kv, j, dim).iter().enumerate() {
+            vt[d * seen + j] = v;
         }
     }
-    let mut out = matmul_rows_serial(&probs, m, seen, &vt, dim);
+    let mut out = product(&probs, m, seen, &vt, dim, p.matmul_round == Round::Bf16);
     if p.matmul_round != Round::F32 {
         out.iter_mut().for_each(|o| *o = p.matmul_round.apply(*o));
     }
     out
+}
+
+/// `x` `[m, k]` × `w` `[n, k]`ᵀ on the calling thread: through the `vdpbf16ps` tiles when `w`
+/// is bf16 and `x` holds bf16 values (`x_bf16`: the tiles round `x` to bf16, exact then), else
+/// `crate::gemm`'s f32 blocks. The sums differ only in their f32 summation order.
+fn product<E: Lanes>(x: &[f32], m: usize, k: usize, w: &[E], n: usize, x_bf16: bool) -> Vec<f32> {
+    E::as_bf16(w)
+        .filter(|_| x_bf16)
+        .and_then(|w| crate::gemm_bf16::matmul_rows_serial(x, m, k, w, n))
+        .unwrap_or_else(|| matmul_rows_serial(x, m, k, w, n))
 }
 
 /// [`softmax_row_any`] compiled for AVX2 where the CPU has it (the exponential's `floor`

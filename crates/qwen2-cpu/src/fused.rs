@@ -1,4 +1,4 @@
-//! Fused SwiGLU, RoPE and causal attention on host memory.
+//! Fused SwiGLU, RoPE and causal attention on host memory (RMSNorm: `crate::norm`).
 //!
 //! burn-flex runs the generic graph's small ops one by one and walks strided views (the
 //! head-split `swap_dims`, RoPE's half slices) element by element; at a 128-token prefill of
@@ -17,7 +17,7 @@ use qwen2_core::precision::PrecisionPlan;
 use rayon::prelude::*;
 
 use crate::attention::{attend_all, AttentionParams, HeadRows};
-use crate::host::{from_f32, primitive, round_bf16, to_f32, Round};
+use crate::host::{from_f32, primitive, round_bf16, to_f32, zip_chunks, Round};
 
 /// The CPU's [`FusedKernels`].
 pub struct CpuFused;
@@ -43,7 +43,11 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 0.166_666_65;
     let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let e = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `n` is an integer in [-126, 1]: added to 1.5 · 2^23 it lands in the low mantissa bits,
+    // an integer conversion that vectorizes (`n as i32` saturates, which compiles to scalar
+    // code lane by lane).
+    let n = (n + 12_582_912.0).to_bits() as i32 - 0x4B40_0000;
+    let e = y * f32::from_bits(((n + 127) as u32) << 23);
     if nan {
         f32::NAN
     } else {
@@ -65,7 +69,7 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 /// `g = round(round(g * round(sigmoid(g))) * u)` over a slice, in the dtype `round` stands for.
-fn swiglu_slice(g: &mut [f32], u: &[f32], round: Round) {
+pub(crate) fn swiglu_slice(g: &mut [f32], u: &[f32], round: Round) {
     #[inline(always)]
     fn with(g: &mut [f32], u: &[f32], r: impl Fn(f32) -> f32) {
         for (g, &u) in g.iter_mut().zip(u) {
@@ -104,10 +108,21 @@ impl FusedKernels<Flex> for CpuFused {
         let round = Round::of(dtype).unwrap_or(Round::F32);
         let mut out = to_f32(gate);
         let up = to_f32(up);
-        out.par_chunks_mut(1 << 15)
-            .zip(up.par_chunks(1 << 15))
-            .for_each(|(g, u)| swiglu_slice(g, u, round));
+        zip_chunks(&mut out, &up, 1 << 15, 1 << 15, |g, u| {
+            swiglu_slice(g, u, round)
+        });
         from_f32(out, gate.dims(), dtype)
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Tensor<Flex, 2>,
+        weight: &Tensor<Flex, 1>,
+        eps: f64,
+        norm: FloatDType,
+        out: FloatDType,
+    ) -> Option<Tensor<Flex, 2>> {
+        crate::norm::rms_norm(x, weight, eps, norm, out)
     }
 
     fn attention_supported(&self, plan: &PrecisionPlan) -> bool {
@@ -135,7 +150,7 @@ impl FusedKernels<Flex> for CpuFused {
         let half = dim / 2;
         let mut out = to_f32(x);
         let (cos, sin) = (table_rows(cos, start, seq), table_rows(sin, start, seq));
-        out.par_chunks_mut(width).enumerate().for_each(|(s, row)| {
+        let rotate = |s: usize, row: &mut [f32]| {
             let (c, sn) = (&cos[s * half..][..half], &sin[s * half..][..half]);
             for head in row.chunks_exact_mut(dim) {
                 let (x1, x2) = head.split_at_mut(half);
@@ -145,7 +160,14 @@ impl FusedKernels<Flex> for CpuFused {
                     x2[i] = b * c[i] + a * sn[i];
                 }
             }
-        });
+        };
+        if seq == 1 {
+            rotate(0, &mut out);
+        } else {
+            out.par_chunks_mut(width)
+                .enumerate()
+                .for_each(|(s, row)| rotate(s, row));
+        }
         from_f32(out, [seq, width], FloatDType::F32)
     }
 

@@ -26,7 +26,7 @@ const KC: usize = 1024;
 /// vdpbf16ps kernel where the CPU has it, which rounds `x` to bf16 (the projections' inputs in
 /// the bf16 plan already are bf16 values).
 pub fn matmul_rows<W: Lanes>(x: &[f32], m: usize, k: usize, w: &[W], n: usize) -> Vec<f32> {
-    let bf16_dot = |w| crate::gemm_bf16::matmul_rows(x, m, k, w, n, true);
+    let bf16_dot = |w| crate::gemm_bf16::matmul_rows(x, m, k, w, n);
     W::as_bf16(w)
         .and_then(bf16_dot)
         .unwrap_or_else(|| product(x, m, k, w, n, true))

@@ -6,6 +6,8 @@ mod gemm;
 mod gemm_bf16;
 mod gemv;
 mod host;
+mod matmul;
+mod norm;
 
 use burn_flex::{Flex, FlexDevice};
 use qwen2_core::precision::{
@@ -77,7 +79,7 @@ impl Platform for Cpu {
     const NAME: &'static str = "cpu";
 
     fn matmul_kernel() -> Option<std::sync::Arc<dyn qwen2_core::model::MatmulKernel<Flex>>> {
-        Some(gemv::kernel())
+        Some(matmul::kernel())
     }
 
     fn multiplies_quantized() -> bool {

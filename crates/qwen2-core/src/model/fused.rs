@@ -1,4 +1,5 @@
-//! Fused versions of the small ops around the projections (SwiGLU, RoPE, causal attention).
+//! Fused versions of the small ops around the projections (RMSNorm, SwiGLU, RoPE, causal
+//! attention).
 //! The generic graph builds them from many burn ops; a backend whose per-op overhead dominates
 //! at these sizes (burn-flex walks strided views element by element) can compute each in one
 //! pass. A kernel must compute what the graph computes: the same roles in the same dtypes,
@@ -9,7 +10,7 @@ use burn::tensor::FloatDType;
 
 use crate::precision::PrecisionPlan;
 
-/// A backend's fused SwiGLU, RoPE and attention.
+/// A backend's fused RMSNorm, SwiGLU, RoPE and attention.
 pub trait FusedKernels<B: Backend>: Send + Sync {
     /// Whether [`FusedKernels::swiglu`] handles tensors of `dtype`.
     fn swiglu_supported(&self, dtype: FloatDType) -> bool;
@@ -17,6 +18,22 @@ pub trait FusedKernels<B: Backend>: Send + Sync {
     /// `silu(gate) * up`: `gate`, `up` `[seq, intermediate]` in one dtype → the same shape and
     /// dtype; `silu(gate)` rounded to that dtype before the product, as the graph does.
     fn swiglu(&self, gate: &Tensor<B, 2>, up: &Tensor<B, 2>) -> Tensor<B, 2>;
+
+    /// RMSNorm as [`super::RmsNorm::forward`] computes it: `x` `[rows, hidden]` (any float
+    /// dtype) widened to `norm`, `x / sqrt(mean(x²) + eps)` in `norm`, rounded to `out`, times
+    /// `weight` `[hidden]` (rounded to `out`) and rounded again → `[rows, hidden]` in `out`;
+    /// `None` to leave it to the graph. The mean of squares may sum in another order than
+    /// burn's (a few `norm` roundings).
+    fn rms_norm(
+        &self,
+        _x: &Tensor<B, 2>,
+        _weight: &Tensor<B, 1>,
+        _eps: f64,
+        _norm: FloatDType,
+        _out: FloatDType,
+    ) -> Option<Tensor<B, 2>> {
+        None
+    }
 
     /// Whether [`FusedKernels::rope`] and [`FusedKernels::attention`] handle `plan`.
     fn attention_supported(&self, plan: &PrecisionPlan) -> bool;

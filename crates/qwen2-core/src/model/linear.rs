@@ -14,26 +14,45 @@ use crate::error::Result;
 use crate::weights::Checkpoint;
 
 /// A backend's own matrix product for the shapes burn's generic matmul serves slowly (on the
-/// CPU: the one-row products of every decode step, which are bound by memory bandwidth).
-/// It must compute what the plan says: inputs rounded to `compute`, f32 accumulation, the
-/// result in `compute`.
+/// CPU: the one-row products of every decode step, which are bound by memory bandwidth, and
+/// prefill's many-row products). It must compute what the plan says: inputs rounded to
+/// `compute`, f32 accumulation, the result in `compute`; a bias is added as the graph adds it
+/// (to the product rounded to `compute`, the sum rounded again).
 pub trait MatmulKernel<B: Backend>: Send + Sync {
     /// `x` `[m, in]` × `weight` `[in, out]` (the weight dtype; a transposed view of the
-    /// `[out, in]` memory) → `[m, out]` in `compute`, or `None` to leave this case to burn.
+    /// `[out, in]` memory) + `bias` `[out]` (in `compute`) → `[m, out]` in `compute`, or `None`
+    /// to leave this case to burn.
     fn matmul(
         &self,
         x: &Tensor<B, 2>,
         weight: &Tensor<B, 2>,
+        bias: Option<&Tensor<B, 1>>,
         compute: FloatDType,
     ) -> Option<Tensor<B, 2>>;
 
-    /// `x` `[m, in]` × the quantized `weight`ᵀ (`[out, in]` in ggml blocks) → `[m, out]` in
-    /// `compute`, or `None` to leave it to [`host_quantized_product`] (same arithmetic, through
-    /// a copy of `x` on the host).
+    /// `x` `[m, in]` × the quantized `weight`ᵀ (`[out, in]` in ggml blocks) + `bias` `[out]` →
+    /// `[m, out]` in `compute`, or `None` to leave it to [`host_quantized_product`] (same
+    /// arithmetic, through a copy of `x` on the host).
     fn matmul_quantized(
         &self,
         _x: &Tensor<B, 2>,
         _weight: &QuantMatrix,
+        _bias: Option<&Tensor<B, 1>>,
+        _compute: FloatDType,
+    ) -> Option<Tensor<B, 2>> {
+        None
+    }
+
+    /// The MLP's `silu(x gateᵀ) * (x upᵀ)` in one pass: `x` `[m, hidden]` in `compute`, `gate`
+    /// and `up` `[intermediate, hidden]` → `[m, intermediate]` in `compute`, rounded as the
+    /// graph rounds it (each product to `compute`, then as [`super::FusedKernels::swiglu`]);
+    /// `None` to leave it to the two projections and the SwiGLU. The graph asks only when no
+    /// observer wants the gate or up outputs and neither projection has a bias or an adapter.
+    fn matmul_swiglu(
+        &self,
+        _x: &Tensor<B, 2>,
+        _gate: &ProjectionWeight<B>,
+        _up: &ProjectionWeight<B>,
         _compute: FloatDType,
     ) -> Option<Tensor<B, 2>> {
         None
@@ -104,11 +123,13 @@ impl<B: Backend> Linear<B> {
     /// `x`: `[rows, in]` in `compute` dtype → `[rows, out]` in `compute` dtype.
     pub fn forward(&self, x: Tensor<B, 2>, compute: FloatDType) -> Tensor<B, 2> {
         let x = x.cast(compute);
-        let y = project_weight(&x, &self.weight, self.kernel.as_ref(), compute);
-        let y = match &self.bias {
-            Some(b) => y + b.clone().cast(compute).unsqueeze_dim(0),
-            None => y,
-        };
+        let y = project_weight(
+            &x,
+            &self.weight,
+            self.bias.as_ref(),
+            self.kernel.as_ref(),
+            compute,
+        );
         match &self.lora {
             Some(lora) => y + lora.forward(x, compute),
             None => y,
@@ -116,33 +137,29 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-/// `x` `[rows, in]` × `weight`ᵀ → `[rows, out]` in `compute`: a dense weight through
-/// [`project`], a quantized one through the kernel's quantized product or the host's.
+/// `x` `[rows, in]` × `weight`ᵀ (`[out, in]`) + `bias` `[out]` → `[rows, out]` in `compute`:
+/// through the kernel where it takes the case, else burn's matmul (a dense weight) or
+/// [`host_quantized_product`], and the bias added in `compute`.
 pub(crate) fn project_weight<B: Backend>(
     x: &Tensor<B, 2>,
     weight: &ProjectionWeight<B>,
+    bias: Option<&Tensor<B, 1>>,
     kernel: Option<&Arc<dyn MatmulKernel<B>>>,
     compute: FloatDType,
 ) -> Tensor<B, 2> {
-    match weight {
-        ProjectionWeight::Dense(w) => project(x, w, kernel, compute),
-        ProjectionWeight::Quantized(q) => kernel
-            .and_then(|k| k.matmul_quantized(x, q, compute))
-            .unwrap_or_else(|| host_quantized_product(x, q, compute)),
+    let fast = kernel.and_then(|k| match weight {
+        ProjectionWeight::Dense(w) => k.matmul(x, &w.clone().transpose(), bias, compute),
+        ProjectionWeight::Quantized(q) => k.matmul_quantized(x, q, bias, compute),
+    });
+    if let Some(y) = fast {
+        return y;
     }
-}
-
-/// `x` `[rows, in]` × `weight`ᵀ (`weight` `[out, in]`) → `[rows, out]`, all in `compute`,
-/// through `kernel` where it takes the shape.
-pub(crate) fn project<B: Backend>(
-    x: &Tensor<B, 2>,
-    weight: &Tensor<B, 2>,
-    kernel: Option<&Arc<dyn MatmulKernel<B>>>,
-    compute: FloatDType,
-) -> Tensor<B, 2> {
-    let fast = kernel.and_then(|k| k.matmul(x, &weight.clone().transpose(), compute));
-    match fast {
-        Some(y) => y,
-        None => x.clone().matmul(weight.clone().cast(compute).transpose()),
+    let y = match weight {
+        ProjectionWeight::Dense(w) => x.clone().matmul(w.clone().cast(compute).transpose()),
+        ProjectionWeight::Quantized(q) => host_quantized_product(x, q, compute),
+    };
+    match bias {
+        Some(b) => y + b.clone().cast(compute).unsqueeze_dim(0),
+        None => y,
     }
 }

@@ -67,13 +67,33 @@ impl<B: Backend> Mlp<B> {
         layer: usize,
         obs: &mut dyn Observer<B>,
     ) -> Tensor<B, 2> {
-        let gate = self.gate_proj.forward(x.clone(), compute);
-        let gate = observe(obs, Site::layer(layer, Op::MlpGate), gate);
-        let up = self.up_proj.forward(x, compute);
-        let up = observe(obs, Site::layer(layer, Op::MlpUp), up);
-        let act = match &self.kernels {
-            Some(k) if k.swiglu_supported(gate.dtype().into()) => k.swiglu(&gate, &up),
-            _ => silu(gate) * up,
+        let (gate_site, up_site) = (
+            Site::layer(layer, Op::MlpGate),
+            Site::layer(layer, Op::MlpUp),
+        );
+        let plain = |l: &Linear<B>| l.bias.is_none() && l.lora.is_none();
+        let fused = self
+            .gate_proj
+            .kernel
+            .as_ref()
+            .filter(|_| plain(&self.gate_proj) && plain(&self.up_proj))
+            .filter(|_| !obs.wants(gate_site) && !obs.wants(up_site))
+            .and_then(|k| {
+                let x = x.clone().cast(compute);
+                k.matmul_swiglu(&x, &self.gate_proj.weight, &self.up_proj.weight, compute)
+            });
+        let act = match fused {
+            Some(act) => act,
+            None => {
+                let gate = self.gate_proj.forward(x.clone(), compute);
+                let gate = observe(obs, gate_site, gate);
+                let up = self.up_proj.forward(x, compute);
+                let up = observe(obs, up_site, up);
+                match &self.kernels {
+                    Some(k) if k.swiglu_supported(gate.dtype().into()) => k.swiglu(&gate, &up),
+                    _ => silu(gate) * up,
+                }
+            }
         };
         let down = self.down_proj.forward(act, output);
         observe(obs, Site::layer(layer, Op::MlpDown), down)

@@ -262,13 +262,16 @@ impl<B: Backend> Qwen2Model<B> {
         }
     }
 
-    /// Runs SwiGLU, RoPE and attention through `kernels` where they support the plan; the
+    /// Runs RMSNorm, SwiGLU, RoPE and attention through `kernels` where they support the plan; the
     /// backend crates install theirs at load.
     pub fn set_fused_kernels(&mut self, kernels: std::sync::Arc<dyn FusedKernels<B>>) {
         for layer in &mut self.layers {
             layer.self_attn.kernels = Some(kernels.clone());
             layer.mlp.kernels = Some(kernels.clone());
+            layer.input_layernorm.kernels = Some(kernels.clone());
+            layer.post_attention_layernorm.kernels = Some(kernels.clone());
         }
+        self.norm.kernels = Some(kernels);
     }
 
     /// The validated config.
@@ -424,9 +427,11 @@ impl<B: Backend> Qwen2Model<B> {
                 match &self.tied_head_quantized {
                     Some(q) => {
                         let head = ProjectionWeight::Quantized(q.clone());
-                        linear::project_weight(&h, &head, kernel, plan.matmul)
+                        linear::project_weight(&h, &head, None, kernel, plan.matmul)
                     }
-                    None => linear::project_weight(&h, &self.embed_tokens, kernel, plan.matmul),
+                    None => {
+                        linear::project_weight(&h, &self.embed_tokens, None, kernel, plan.matmul)
+                    }
                 }
             }
         }

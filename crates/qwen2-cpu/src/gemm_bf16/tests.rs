@@ -68,8 +68,8 @@ fn odd_shapes_match_an_f64_reference_and_the_avx2_path() {
     let (mut worst_new, mut worst_old) = (0.0f64, 0.0f64);
     for (m, k, n) in shapes {
         let (x, w) = (values(m * k, 1), to_bf16(&values(n * k, 2)));
-        let new = avx512::run(&x, m, k, &w, n, true);
-        let serial = avx512::run(&x, m, k, &w, n, false);
+        let new = driver::run(&x, m, k, &w, n, true);
+        let serial = driver::run(&x, m, k, &w, n, false);
         assert_eq!(new, serial, "{m}x{k}x{n}: pooled and serial sum alike");
         let old = avx2_product(&x, m, k, &w, n);
         let (new_bound, old_bound) = ((k / 16 + 8) as f64, (k / 8 + 8) as f64);
@@ -106,8 +106,8 @@ fn other_activations_are_rounded_to_nearest_even() {
     assert_eq!((rounded[0], rounded[1]), (1.0, f32::from_bits(0x3f82_0000)));
     let w = to_bf16(&values(n * k, 5));
     assert_eq!(
-        avx512::run(&x, m, k, &w, n, true),
-        avx512::run(&rounded, m, k, &w, n, true)
+        driver::run(&x, m, k, &w, n, true),
+        driver::run(&rounded, m, k, &w, n, true)
     );
 }
 
@@ -119,7 +119,7 @@ fn prefill_products_report_which_path_ran() {
     let var = std::env::var(DISABLE_VAR).ok();
     if enabled() {
         println!("bf16 weights: avx512bf16 vdpbf16ps kernel ({DISABLE_VAR}={var:?})");
-        assert_eq!(got, avx512::run(&x, m, k, &w, n, true));
+        assert_eq!(got, driver::run(&x, m, k, &w, n, true));
     } else {
         if cpu_has_bf16_dot() {
             println!("bf16 weights: AVX2 kernel, turned off by {DISABLE_VAR}={var:?}");
@@ -191,7 +191,7 @@ fn bench_prefill_shapes() {
             })
         };
         let old = measure(&|| avx2_product(&x, m, k, &w, n));
-        let new = measure(&|| avx512::run(&x, m, k, &w, n, true));
+        let new = measure(&|| driver::run(&x, m, k, &w, n, true));
         println!(
             "[{m}, {k}] x [{k}, {n}]^T GFLOP/s, best wall (per CPU-second x 2): \
              avx2 {:.0} ({:.0}), vdpbf16ps {:.0} ({:.0}), {:.2}x ({:.2}x)",
@@ -225,10 +225,18 @@ fn quantized_tiles_equal_the_bf16_product_of_the_dequantized_weights() {
         let wb = qwen2_gguf::dequantize_to_bf16(ty, q.data()).unwrap();
         for m in [1, 5, 16] {
             let x = values(m * k, 3);
-            let got = matmul_quantized_rows(&x, m, &q).unwrap();
+            let got = product(
+                Input::F32(&x),
+                m,
+                k,
+                &[Matrix::Quantized(&q)],
+                n,
+                Epilogue::Store(None),
+                Round::F32,
+            );
             // The same bf16 weights through the same tiles: the same sums, bit for bit.
-            let want = avx512::run(&x, m, k, &wb, n, true);
-            assert_eq!(got, want, "{ty} {m}x{k}x{n}");
+            let want = driver::run(&x, m, k, &wb, n, true);
+            assert_eq!(got, Some(Output::F32(want)), "{ty} {m}x{k}x{n}");
         }
     }
 }
