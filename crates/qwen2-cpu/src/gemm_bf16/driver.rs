@@ -6,6 +6,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::packed::{self, Packed, WR};
 use super::tiles::{block_with_stride, rows_from_bf16, rows_from_f32, Rows};
 use super::{Epilogue, Input, Matrix, Output, MR, TASK_ROWS};
 use crate::host::Round;
@@ -57,7 +58,43 @@ impl Element for bf16 {
     const ROUND: Round = Round::Bf16;
 }
 
-/// The product (see `super::product`).
+/// The activations as the task loops read them.
+enum Acts<'a> {
+    /// Padded bf16 rows for the dot-product tiles; sums `[m][TASK_ROWS]`.
+    Rows(Rows<'a>),
+    /// Pairs along `k` for the outer-product blocks; sums `[PACKED_TASK_ROWS][rows]`.
+    Packed(Packed),
+}
+
+/// Weight rows per task of the outer-product blocks (eight blocks of `WR`).
+const PACKED_TASK_ROWS: usize = 8 * WR;
+
+impl Acts<'_> {
+    /// Weight rows per task for `n` rows: for the outer-product blocks, up to eight blocks of
+    /// `WR`, fewer where that leaves fewer than 16 tasks per thread (the last, partial task
+    /// then unbalances the threads less; the activations are streamed once per block of `WR`
+    /// rows whatever the task size).
+    fn task_rows(&self, n: usize) -> usize {
+        match self {
+            Acts::Rows(_) => TASK_ROWS,
+            Acts::Packed(_) => {
+                let blocks = n.div_ceil(WR) / (rayon::current_num_threads().max(1) * 16);
+                WR * blocks.clamp(1, PACKED_TASK_ROWS / WR)
+            }
+        }
+    }
+
+    /// The strides of a task's sums: (per activation row, per weight row), and their count.
+    fn layout(&self, m: usize) -> (usize, usize, usize) {
+        match self {
+            Acts::Rows(_) => (TASK_ROWS, 1, m * TASK_ROWS),
+            Acts::Packed(p) => (1, p.rows, PACKED_TASK_ROWS * p.rows),
+        }
+    }
+}
+
+/// The product (see `super::product`): the outer-product blocks for the pool's many-row
+/// products (`k` even), the dot-product tiles otherwise.
 ///
 /// # Safety
 /// The CPU has AVX512-BF16, AVX512F, AVX512BW and AVX512VL; the operands were checked by the
@@ -75,12 +112,17 @@ pub(super) unsafe fn product(
     out: Round,
     pooled: bool,
 ) -> Output {
-    let xb = match x {
+    let acts = if pooled && k.is_multiple_of(2) && m >= PACKED_MIN_ROWS {
         // SAFETY: the caller checked the CPU and the length.
-        Input::F32(x) => unsafe { rows_from_f32(x, m, k, Vec::new()) },
-        Input::Bf16(x) => rows_from_bf16(x, m, k, Vec::new()),
+        Acts::Packed(unsafe { packed::pack(x, m, k) })
+    } else {
+        Acts::Rows(match x {
+            // SAFETY: the caller checked the CPU and the length.
+            Input::F32(x) => unsafe { rows_from_f32(x, m, k, Vec::new()) },
+            Input::Bf16(x) => rows_from_bf16(x, m, k, Vec::new()),
+        })
     };
-    let args = (&xb, m, k, matrices, n, epilogue, pooled);
+    let args = (&acts, m, k, matrices, n, epilogue, pooled);
     // SAFETY: as this function's.
     unsafe {
         match out {
@@ -90,14 +132,18 @@ pub(super) unsafe fn product(
     }
 }
 
+/// Activation rows from which the pool's products take the outer-product blocks (below, the
+/// 16-row groups would be mostly padding).
+const PACKED_MIN_ROWS: usize = 8;
+
 /// [`product`]'s tasks into a new `[m, n]` buffer of `T`.
 ///
 /// # Safety
 /// As [`product`].
 #[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
 unsafe fn product_typed<T: Element>(
-    (xb, m, k, matrices, n, epilogue, pooled): (
-        &Rows<'_>,
+    (acts, m, k, matrices, n, epilogue, pooled): (
+        &Acts<'_>,
         usize,
         usize,
         &[Matrix<'_>],
@@ -108,15 +154,16 @@ unsafe fn product_typed<T: Element>(
 ) -> Vec<T> {
     let mut y: Vec<T> = Vec::with_capacity(m * n);
     let ptr = SharedPtr(y.as_mut_ptr());
+    let per_task = acts.task_rows(n);
     let task = |t: usize| {
-        let rows = t * TASK_ROWS..((t + 1) * TASK_ROWS).min(n);
+        let rows = t * per_task..((t + 1) * per_task).min(n);
         SCRATCH.with_borrow_mut(|s| {
             // SAFETY: the caller checked the CPU; the task writes columns `rows` of the
             // `[m, n]` output only.
-            unsafe { run_task(xb, m, k, matrices, n, rows, epilogue, s, ptr) }
+            unsafe { run_task(acts, m, k, matrices, n, rows, epilogue, s, ptr) }
         })
     };
-    let tasks = n.div_ceil(TASK_ROWS);
+    let tasks = n.div_ceil(per_task);
     if pooled {
         (0..tasks).into_par_iter().for_each(task);
     } else {
@@ -127,6 +174,31 @@ unsafe fn product_typed<T: Element>(
     y
 }
 
+/// The sums of `len` weight rows (`w`, `ldw` apart) into a task's `sums`.
+///
+/// # Safety
+/// As [`product`]; `w` holds `len` rows of `ldw ≥ k`; `sums` holds the layout's count.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
+unsafe fn task_sums(
+    acts: &Acts<'_>,
+    m: usize,
+    k: usize,
+    w: &[bf16],
+    ldw: usize,
+    len: usize,
+    sums: &mut [f32],
+) {
+    match acts {
+        // SAFETY: as this function's.
+        Acts::Rows(xb) => unsafe {
+            block_with_stride(xb, m, k, w, ldw, TASK_ROWS, 0..len, sums.as_mut_ptr())
+        },
+        // SAFETY: as this function's.
+        Acts::Packed(xp) => unsafe { packed::sums(xp, k, w, ldw, len, sums) },
+    }
+}
+
 /// One task: the sums of weight rows `rows` of every matrix, then the epilogue into `y`.
 ///
 /// # Safety
@@ -134,7 +206,7 @@ unsafe fn product_typed<T: Element>(
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
 unsafe fn run_task<T: Element>(
-    xb: &Rows<'_>,
+    acts: &Acts<'_>,
     m: usize,
     k: usize,
     matrices: &[Matrix<'_>],
@@ -145,17 +217,17 @@ unsafe fn run_task<T: Element>(
     y: SharedPtr<T>,
 ) {
     let len = rows.len();
-    let block = m * TASK_ROWS;
+    let (si, sj, block) = acts.layout(m);
     if s.sums.len() < block * matrices.len() {
         s.sums.resize(block * matrices.len(), 0.0);
     }
     for (index, matrix) in matrices.iter().enumerate() {
-        let sums = s.sums[index * block..].as_mut_ptr();
+        let sums = &mut s.sums[index * block..][..block];
         match matrix {
             Matrix::Bf16(w) => {
                 let w = &w[rows.start * k..];
-                // SAFETY: `w` holds `len` rows of `k`; `sums` holds `[m, TASK_ROWS]`.
-                unsafe { block_with_stride(xb, m, k, w, k, TASK_ROWS, 0..len, sums) }
+                // SAFETY: `w` holds `len` rows of `k`.
+                unsafe { task_sums(acts, m, k, w, k, len, sums) }
             }
             Matrix::Quantized(q) => {
                 let stride = k.next_multiple_of(32);
@@ -181,39 +253,48 @@ unsafe fn run_task<T: Element>(
                 };
                 let w: &[bf16] = bytemuck::cast_slice(&wb.bits);
                 // SAFETY: as above, the rows `wb.stride` apart.
-                unsafe { block_with_stride(xb, m, k, w, wb.stride, TASK_ROWS, 0..len, sums) }
+                unsafe { task_sums(acts, m, k, w, wb.stride, len, sums) }
                 s.weights = wb.bits.into_owned();
             }
         }
     }
     let y = y.0;
     let round = T::ROUND;
-    match epilogue {
-        Epilogue::Store(bias) => {
-            for i in 0..m {
-                let sums = &s.sums[i * TASK_ROWS..][..len];
-                // SAFETY: row `i`'s columns `rows` of `y`, which only this task writes.
-                let dst = unsafe { std::slice::from_raw_parts_mut(y.add(i * n + rows.start), len) };
-                store_row(sums, bias.map(|b| &b[rows.clone()]), dst);
-            }
+    let (first, second) = s.sums.split_at_mut(block);
+    if let Epilogue::Swiglu = epilogue {
+        // Two plain loops (a chained iterator does not vectorize).
+        for v in first.iter_mut() {
+            *v = round.apply(*v);
         }
-        Epilogue::Swiglu => {
-            let (gate, up) = s.sums.split_at_mut(block);
-            // Two plain loops (a chained iterator does not vectorize).
-            for v in &mut gate[..block] {
-                *v = round.apply(*v);
+        for v in &mut second[..block] {
+            *v = round.apply(*v);
+        }
+        crate::fused::swiglu_slice(first, &second[..block], round);
+    }
+    let bias = match epilogue {
+        Epilogue::Store(bias) => bias.map(|b| &b[rows.clone()]),
+        Epilogue::Swiglu => None,
+    };
+    let swiglu = matches!(epilogue, Epilogue::Swiglu);
+    let mut line = [0.0f32; PACKED_TASK_ROWS];
+    for i in 0..m {
+        // SAFETY: row `i`'s columns `rows` of `y`, which only this task writes.
+        let dst = unsafe { std::slice::from_raw_parts_mut(y.add(i * n + rows.start), len) };
+        let sums: &[f32] = if sj == 1 {
+            &first[i * si..][..len]
+        } else {
+            for (jj, v) in line[..len].iter_mut().enumerate() {
+                *v = first[i * si + jj * sj];
             }
-            for v in &mut up[..block] {
-                *v = round.apply(*v);
+            &line[..len]
+        };
+        if swiglu {
+            // Already rounded and combined.
+            for (d, &v) in dst.iter_mut().zip(sums) {
+                *d = T::from_rounded(v);
             }
-            crate::fused::swiglu_slice(&mut gate[..block], &up[..block], round);
-            for i in 0..m {
-                // SAFETY: as above.
-                let dst = unsafe { std::slice::from_raw_parts_mut(y.add(i * n + rows.start), len) };
-                for (d, &v) in dst.iter_mut().zip(&gate[i * TASK_ROWS..][..len]) {
-                    *d = T::from_rounded(v);
-                }
-            }
+        } else {
+            store_row(sums, bias, dst);
         }
     }
 }
@@ -256,5 +337,18 @@ pub(super) fn run(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, pooled: b
     match y {
         Output::F32(y) => y,
         Output::Bf16(_) => unreachable!("f32 was asked for"),
+    }
+}
+
+/// The dot-product tiles on the pool (what the pool's products ran before the outer-product
+/// blocks), for the benchmark's comparison.
+#[cfg(test)]
+pub(super) fn run_tiles(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
+    assert!(super::enabled_for_tests());
+    // SAFETY: checked just above.
+    unsafe {
+        let acts = Acts::Rows(rows_from_f32(x, m, k, Vec::new()));
+        let matrices = [Matrix::Bf16(w)];
+        product_typed::<f32>((&acts, m, k, &matrices, n, Epilogue::Store(None), true))
     }
 }
