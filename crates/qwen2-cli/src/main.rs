@@ -70,7 +70,18 @@ fn main() -> ExitCode {
             eprintln!("warning: --threads {n}: {e}");
         }
     }
-    match commands::run(cli) {
+    // The server keeps its HTTP runtime on this thread and runs its scheduler on the pool; every
+    // other command runs on the pool whole (see `on_compute_pool`).
+    if matches!(cli.command, args::Command::Serve(_)) {
+        report(commands::run(cli))
+    } else {
+        qwen2_burn::core::engine::on_compute_pool(move || report(commands::run(cli)))
+    }
+}
+
+/// The exit code of a command's result, with its error chain on stderr.
+fn report(result: model_setup::CliResult) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -149,7 +149,10 @@ impl ModelEngine {
         std::thread::Builder::new()
             .name("qwen2-scheduler".into())
             .spawn(move || {
-                worker::run(loader, thread_tokenizer, settings, thread_shared.clone());
+                let shared = thread_shared.clone();
+                qwen2_core::engine::on_compute_pool(move || {
+                    worker::run(loader, thread_tokenizer, settings, shared)
+                });
                 if let Ok(mut done) = thread_shared.stopped.0.lock() {
                     *done = true;
                 }
