@@ -358,3 +358,42 @@ fn bad_gguf_files_name_the_file_and_tensor() {
     let e = load_err(&path("s-00001-of-00002.gguf"));
     assert!(e.contains("s-00002-of-00002.gguf"), "{e}");
 }
+
+/// `--quantize` reads each matrix a block of rows at a time: the blocks are the rows `load`
+/// gives, from safetensors (bf16 here) and from a GGUF (dequantized whole), and a wrong shape
+/// is the typed error `load` gives.
+#[test]
+fn a_row_reader_reads_what_load_reads() {
+    let name = "model.layers.0.mlp.down_proj.weight";
+    for path in [fixture_dir("tiny-chat"), q8_file()] {
+        let ckpt = Checkpoint::open(&path).unwrap();
+        let [rows, cols] = [64, 160];
+        let whole = ckpt
+            .load(
+                name,
+                &[rows, cols],
+                qwen2_burn::core::burn::tensor::FloatDType::F32,
+                false,
+            )
+            .unwrap()
+            .into_vec::<f32>()
+            .unwrap();
+        let reader = ckpt.row_reader(name, [rows, cols]).unwrap();
+        let mut got = Vec::new();
+        let mut block = Vec::new();
+        for start in (0..rows).step_by(7) {
+            reader.read(start..(start + 7).min(rows), &mut block);
+            got.extend_from_slice(&block);
+        }
+        assert_eq!(got, whole, "{}", path.display());
+        let wrong = ckpt.row_reader(name, [cols, rows]).err();
+        assert!(
+            matches!(
+                wrong,
+                Some(Error::TensorShape { .. } | Error::GgufTensor { .. })
+            ),
+            "{}: {wrong:?}",
+            path.display()
+        );
+    }
+}

@@ -310,15 +310,28 @@ fn serve_streams_what_it_answers_and_exits_cleanly() {
 #[test]
 fn a_burst_beyond_the_queue_gets_503_and_the_rest_is_answered() {
     let server = std::sync::Arc::new(Server::start(&["--max-seqs", "1", "--max-queue", "1"]));
-    let threads: Vec<_> = (0..12)
-        .map(|_| {
-            let s = server.clone();
-            std::thread::spawn(move || {
-                let body = serde_json::json!({"prompt": "Hi", "max_tokens": 60, "temperature": 0});
-                s.request("POST", "/v1/completions", &[], &body.to_string())
-            })
+    let send = |max_tokens: u32| {
+        let s = server.clone();
+        std::thread::spawn(move || {
+            let body =
+                serde_json::json!({"prompt": "Hi", "max_tokens": max_tokens, "temperature": 0});
+            s.request("POST", "/v1/completions", &[], &body.to_string())
         })
-        .collect();
+    };
+    // A long request first, and the burst once the scheduler runs it: the queue's one place is
+    // then free for the burst (sent together, a request still queued when the next arrives
+    // leaves no place, which on a loaded machine left one answer).
+    let mut threads = vec![send(200)];
+    let started = std::time::Instant::now();
+    while !server
+        .get("/metrics")
+        .1
+        .contains("qwen2_requests_running 1")
+        && started.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    threads.extend((1..12).map(|_| send(60)));
     let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let busy: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
     let ok = answers.iter().filter(|a| a.0 == 200).count();

@@ -17,6 +17,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::gguf::GgufTensors;
 
+mod rows;
+pub use rows::RowReader;
+
 /// Name of a single-file checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// Name of the shard index of a sharded checkpoint.
@@ -255,46 +258,7 @@ impl Checkpoint {
         if let Some(g) = &self.gguf {
             return g.load(name, expected, dtype, transpose);
         }
-        let shard = self
-            .index
-            .get(name)
-            .map(|&i| &self.shards[i])
-            .ok_or_else(|| Error::MissingTensor {
-                name: name.into(),
-                location: self.description.clone(),
-            })?;
-        let info = &shard.tensors[name];
-        if info.shape != expected {
-            return Err(Error::TensorShape {
-                name: name.into(),
-                path: shard.path.clone(),
-                expected: expected.to_vec(),
-                found: info.shape.clone(),
-            });
-        }
-        let (start, end) = info.data_offsets;
-        let bytes = &shard.map[shard.data_start + start..shard.data_start + end];
-        let source = match info.dtype {
-            Dtype::F32 => SourceDtype::F32,
-            Dtype::BF16 => SourceDtype::Bf16,
-            Dtype::F16 => SourceDtype::F16,
-            other => {
-                return Err(Error::TensorDtype {
-                    name: name.into(),
-                    path: shard.path.clone(),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
-        let broken = count_nonfinite(bytes, source);
-        if broken > 0 {
-            return Err(Error::BrokenTensor {
-                name: name.into(),
-                path: shard.path.clone(),
-                count: broken,
-                of: expected.iter().product(),
-            });
-        }
+        let (shard, start, bytes, source) = self.locate(name, expected)?;
         let (rows, cols, shape) = layout(expected, transpose);
         let data = match dtype {
             FloatDType::F32 => {
@@ -342,8 +306,58 @@ impl Checkpoint {
                 )))
             }
         };
-        shard.release(shard.data_start + start, end - start);
+        shard.release(start, bytes.len());
         Ok(data)
+    }
+
+    /// A safetensors tensor's shard, absolute byte offset, bytes and dtype, after checking its
+    /// shape against `expected`, its dtype and that it holds no NaN or inf.
+    fn locate(
+        &self,
+        name: &str,
+        expected: &[usize],
+    ) -> Result<(&Shard, usize, &[u8], SourceDtype)> {
+        let shard = self
+            .index
+            .get(name)
+            .map(|&i| &self.shards[i])
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.into(),
+                location: self.description.clone(),
+            })?;
+        let info = &shard.tensors[name];
+        if info.shape != expected {
+            return Err(Error::TensorShape {
+                name: name.into(),
+                path: shard.path.clone(),
+                expected: expected.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let (start, end) = info.data_offsets;
+        let bytes = &shard.map[shard.data_start + start..shard.data_start + end];
+        let source = match info.dtype {
+            Dtype::F32 => SourceDtype::F32,
+            Dtype::BF16 => SourceDtype::Bf16,
+            Dtype::F16 => SourceDtype::F16,
+            other => {
+                return Err(Error::TensorDtype {
+                    name: name.into(),
+                    path: shard.path.clone(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let broken = count_nonfinite(bytes, source);
+        if broken > 0 {
+            return Err(Error::BrokenTensor {
+                name: name.into(),
+                path: shard.path.clone(),
+                count: broken,
+                of: expected.iter().product(),
+            });
+        }
+        Ok((shard, shard.data_start + start, bytes, source))
     }
 }
 

@@ -180,23 +180,16 @@ fn product_on(
 /// `y[i * n + j] = Σ_p x[i * k + p] · w[j * k + p]` for `x` `[m, k]` (rounded to bf16, see the
 /// module doc), `w` `[n, k]`, `y` `[m, n]` f32, on the rayon pool; `None` when [`product`] is.
 pub fn matmul_rows(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Option<Vec<f32>> {
-    let y = product(
-        Input::F32(x),
-        m,
-        k,
-        &[Matrix::Bf16(w)],
-        n,
-        Epilogue::Store(None),
-        Round::F32,
-    )?;
-    match y {
-        Output::F32(y) => Some(y),
-        Output::Bf16(_) => unreachable!("f32 was asked for"),
-    }
+    f32_rows(x, m, k, w, n, true)
 }
 
 /// [`matmul_rows`] on the calling thread only (for callers that parallelize around it).
 pub fn matmul_rows_serial(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -> Option<Vec<f32>> {
+    f32_rows(x, m, k, w, n, false)
+}
+
+/// The plain f32 product of [`matmul_rows`], on the pool when `pooled`.
+fn f32_rows(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, pooled: bool) -> Option<Vec<f32>> {
     let matrix = [Matrix::Bf16(w)];
     let y = product_on(
         Input::F32(x),
@@ -206,7 +199,7 @@ pub fn matmul_rows_serial(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize) -
         n,
         Epilogue::Store(None),
         Round::F32,
-        false,
+        pooled,
     )?;
     match y {
         Output::F32(y) => Some(y),

@@ -113,31 +113,40 @@ fn quantized_sums(xs: &[f32], m: usize, w: &QuantMatrix) -> Vec<f32> {
     qwen2_core::model::quantized_rows(xs, m, w)
 }
 
-/// `x`'s rows as the tiles take them (`xp` is `x`'s primitive): bf16 or f32 storage borrowed
-/// as is, anything else widened to f32 into `held`.
-fn tile_input<'a>(x: &Tensor<Flex, 2>, xp: &'a FlexTensor, held: &'a mut Vec<f32>) -> Input<'a> {
-    if let Some(s) = xp.as_slice::<bf16>() {
-        return Input::Bf16(s);
-    }
-    if let Some(s) = xp.as_slice::<f32>() {
-        return Input::F32(s);
-    }
-    *held = to_f32(x);
-    Input::F32(held)
-}
-
-/// The tiles' output as a tensor.
-fn output_tensor(y: Output, shape: [usize; 2]) -> Tensor<Flex, 2> {
+/// `x` `[m, k]` × `matrices` through `crate::gemm_bf16` with `epilogue` → `[m, n]` in `round`'s
+/// dtype; `None` where the kernel does not run. The activations are read in place when they
+/// are bf16 or f32 storage, else widened to f32 first.
+fn tiles(
+    x: &Tensor<Flex, 2>,
+    matrices: &[Matrix<'_>],
+    n: usize,
+    epilogue: Epilogue<'_>,
+    round: Round,
+) -> Option<Tensor<Flex, 2>> {
+    let [m, k] = x.dims();
+    let xp = primitive(x);
+    let held: Vec<f32>;
+    let input = if let Some(s) = xp.as_slice::<bf16>() {
+        Input::Bf16(s)
+    } else if let Some(s) = xp.as_slice::<f32>() {
+        Input::F32(s)
+    } else {
+        held = to_f32(x);
+        Input::F32(&held)
+    };
     let device = Default::default();
-    match y {
-        Output::F32(v) => {
-            Tensor::from_data(TensorData::new(v, shape), (&device, FloatDType::F32.into()))
-        }
-        Output::Bf16(v) => Tensor::from_data(
-            TensorData::new(v, shape),
-            (&device, FloatDType::BF16.into()),
-        ),
-    }
+    Some(
+        match gemm_bf16::product(input, m, k, matrices, n, epilogue, round)? {
+            Output::F32(v) => Tensor::from_data(
+                TensorData::new(v, [m, n]),
+                (&device, FloatDType::F32.into()),
+            ),
+            Output::Bf16(v) => Tensor::from_data(
+                TensorData::new(v, [m, n]),
+                (&device, FloatDType::BF16.into()),
+            ),
+        },
+    )
 }
 
 /// f32 sums → a tensor of `compute`: rounded, then `+ bias` and rounded again.
@@ -205,14 +214,9 @@ impl MatmulKernel<Flex> for CpuMatmul {
         let w = dense(&w, k, n, compute)?;
         let bias = bias.map(to_f32);
         if let (2.., Dense::RowsOut(Weights::Bf16(wb))) = (m, &w) {
-            let xp = primitive(x);
-            let mut held = Vec::new();
-            let input = tile_input(x, &xp, &mut held);
             let epilogue = Epilogue::Store(bias.as_deref());
-            if let Some(y) =
-                gemm_bf16::product(input, m, k, &[Matrix::Bf16(wb)], n, epilogue, round)
-            {
-                return Some(output_tensor(y, [m, n]));
+            if let Some(y) = tiles(x, &[Matrix::Bf16(wb)], n, epilogue, round) {
+                return Some(y);
             }
         }
         let y = dense_sums(&to_f32(x), m, k, &w, n)?;
@@ -238,13 +242,9 @@ impl MatmulKernel<Flex> for CpuMatmul {
         let round = Round::of(compute)?;
         let bias = bias.map(to_f32);
         if m >= BF16_TILE_MIN_ROWS && bf16_tiles_allowed() {
-            let xp = primitive(x);
-            let mut held = Vec::new();
-            let input = tile_input(x, &xp, &mut held);
-            let matrix = [Matrix::Quantized(weight)];
             let epilogue = Epilogue::Store(bias.as_deref());
-            if let Some(y) = gemm_bf16::product(input, m, k, &matrix, n, epilogue, round) {
-                return Some(output_tensor(y, [m, n]));
+            if let Some(y) = tiles(x, &[Matrix::Quantized(weight)], n, epilogue, round) {
+                return Some(y);
             }
         }
         let y = quantized_sums(&to_f32(x), m, weight);
@@ -275,11 +275,8 @@ impl MatmulKernel<Flex> for CpuMatmul {
             swiglu_tile(gate, &denses[0], m),
             swiglu_tile(up, &denses[1], m),
         ) {
-            let xp = primitive(x);
-            let mut held = Vec::new();
-            let input = tile_input(x, &xp, &mut held);
-            if let Some(y) = gemm_bf16::product(input, m, k, &[g, u], n, Epilogue::Swiglu, round) {
-                return Some(output_tensor(y, [m, n]));
+            if let Some(y) = tiles(x, &[g, u], n, Epilogue::Swiglu, round) {
+                return Some(y);
             }
         }
         // Otherwise both products on the other routes, rounded, and SwiGLU on the host.

@@ -111,7 +111,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rms_norm_matches_the_graph_within_one_step_of_the_output_dtype() {
+    fn rms_norm_matches_the_graph_within_a_few_steps_of_the_output_dtype() {
         let dev = Default::default();
         for (rows, hidden) in [(1, 896), (7, 40), (33, 100)] {
             for (input, out, step) in [
@@ -120,15 +120,19 @@ mod tests {
                 (FloatDType::F32, FloatDType::BF16, 2.0f32.powi(-7)),
                 (FloatDType::F16, FloatDType::F16, 2.0f32.powi(-10)),
             ] {
-                // Massive activations in a few channels, as Qwen2 has.
-                let mut x =
-                    Tensor::<Flex, 2>::random([rows, hidden], Distribution::Normal(0.0, 1.0), &dev);
-                x = x
-                    .clone()
-                    .slice_assign([0..rows, 3..4], Tensor::full([rows, 1], 3000.0, &dev));
-                let x = x.cast(input);
-                let w = Tensor::<Flex, 1>::random([hidden], Distribution::Normal(1.0, 0.3), &dev)
-                    .cast(out);
+                // Fixed values, with a massive activation in channel 3 as Qwen2 has.
+                let xs: Vec<f32> = (0..rows * hidden)
+                    .map(|i| match i % hidden {
+                        3 => 3000.0,
+                        _ => ((i as f32) * 0.7311).sin() * 1.7,
+                    })
+                    .collect();
+                let x = Tensor::<Flex, 2>::from_data(TensorData::new(xs, [rows, hidden]), &dev)
+                    .cast(input);
+                let ws: Vec<f32> = (0..hidden)
+                    .map(|i| 1.0 + ((i as f32) * 1.37).cos() * 0.6)
+                    .collect();
+                let w = Tensor::<Flex, 1>::from_data(TensorData::new(ws, [hidden]), &dev).cast(out);
                 let graph = RmsNorm {
                     weight: w.clone(),
                     eps: 1e-6,
@@ -140,8 +144,12 @@ mod tests {
                 let (a, b) = (to_f32(&fused), to_f32(&graph));
                 let mut moved = 0;
                 for (a, b) in a.iter().zip(&b) {
-                    // The same value, or one step of the output dtype apart.
-                    assert!((a - b).abs() <= step * b.abs().max(1e-30), "{a} vs {b}");
+                    // The same value, or apart by one step of the normalised value (rounded
+                    // before the weight, which carries it up to 1.6×) and one of the product.
+                    assert!(
+                        (a - b).abs() <= 3.0 * step * b.abs().max(1e-30),
+                        "{a} vs {b}"
+                    );
                     moved += usize::from(a != b);
                 }
                 // In f32 every output moves by a few ulps with the mean; in a narrower dtype

@@ -127,6 +127,27 @@ impl QuantMatrix {
                 "{cols} columns are not a positive multiple of the {ggml_type} block size {block}"
             )));
         }
+        QuantMatrix::from_row_blocks(ggml_type, rows, cols, |r, out| {
+            out.clear();
+            out.extend_from_slice(&values[r.start * cols..r.end * cols]);
+        })
+    }
+
+    /// [`QuantMatrix::from_f32`] with the values read a block of rows at a time:
+    /// `read(rows, out)` puts rows `rows` (row-major f32) in `out`. Only a few blocks of rows
+    /// are held in f32 at once (one per thread), and the bytes are those of `from_f32`.
+    pub fn from_row_blocks(
+        ggml_type: GgmlType,
+        rows: usize,
+        cols: usize,
+        read: impl Fn(std::ops::Range<usize>, &mut Vec<f32>) + Sync,
+    ) -> Result<Self> {
+        let block = ggml_type.block_size();
+        if cols == 0 || !cols.is_multiple_of(block) {
+            return Err(shape_error(format!(
+                "{cols} columns are not a positive multiple of the {ggml_type} block size {block}"
+            )));
+        }
         // Blocks never straddle rows, so rows quantize independently: in parallel chunks of
         // rows, concatenated in order (the same bytes as one call over the whole matrix).
         let row_bytes = cols / block * ggml_type.type_size();
@@ -134,8 +155,19 @@ impl QuantMatrix {
         let mut bytes = vec![0u8; rows * row_bytes];
         bytes
             .par_chunks_mut(rows_per_task * row_bytes)
-            .zip(values.par_chunks(rows_per_task * cols))
-            .try_for_each(|(out, v)| qwen2_gguf::quantize_into(ggml_type, v, out))?;
+            .enumerate()
+            .try_for_each_init(Vec::new, |values, (t, out)| {
+                let first = t * rows_per_task;
+                read(first..first + out.len() / row_bytes, values);
+                if values.len() != out.len() / row_bytes * cols {
+                    return Err(shape_error(format!(
+                        "rows {first}.. read as {} values, not {} × {cols}",
+                        values.len(),
+                        out.len() / row_bytes
+                    )));
+                }
+                Ok(qwen2_gguf::quantize_into(ggml_type, values, out)?)
+            })?;
         QuantMatrix::new(ggml_type, rows, cols, bytes)
     }
 

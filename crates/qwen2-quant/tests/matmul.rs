@@ -167,3 +167,26 @@ fn from_f32_quantizes_rows_in_parallel_to_the_bytes_of_one_whole_call() {
         assert_eq!(m.data(), qwen2_gguf::quantize(ty, &values).unwrap(), "{ty}");
     }
 }
+
+#[test]
+fn row_blocks_give_the_bytes_of_from_f32_and_a_short_read_is_an_error() {
+    let (rows, cols) = (600usize, 256usize);
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let read = |r: std::ops::Range<usize>, out: &mut Vec<f32>| {
+        out.clear();
+        out.extend_from_slice(&values[r.start * cols..r.end * cols]);
+    };
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        let blocks = QuantMatrix::from_row_blocks(ty, rows, cols, read).unwrap();
+        let whole = QuantMatrix::from_f32(ty, rows, cols, &values).unwrap();
+        assert_eq!(blocks.data(), whole.data(), "{ty}");
+    }
+    let short = |r: std::ops::Range<usize>, out: &mut Vec<f32>| {
+        read(r, out);
+        out.pop();
+    };
+    let e = QuantMatrix::from_row_blocks(GgmlType::Q8_0, rows, cols, short).unwrap_err();
+    assert!(e.to_string().contains("not"), "{e}");
+}

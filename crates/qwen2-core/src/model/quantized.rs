@@ -173,12 +173,12 @@ impl<B: Backend> ProjectionWeight<B> {
                         "rows are not whole blocks of the quantized type: kept dense");
                     return dense(ckpt);
                 };
-                let values = ckpt.load(name, &[out, inp], FloatDType::F32, false)?;
-                let values = values
-                    .as_slice::<f32>()
-                    .map_err(|e| Error::Invalid(format!("{name}: f32 values expected ({e:?})")))?;
-                let q = QuantMatrix::from_f32(ty, out, inp, values)
-                    .map_err(|e| Error::Invalid(format!("quantizing {name} to {ty}: {e}")))?;
+                // A block of rows at a time: no f32 copy of the whole matrix.
+                let reader = ckpt.row_reader(name, [out, inp])?;
+                let q = QuantMatrix::from_row_blocks(ty, out, inp, |rows, values| {
+                    reader.read(rows, values)
+                })
+                .map_err(|e| Error::Invalid(format!("quantizing {name} to {ty}: {e}")))?;
                 Ok(Self::Quantized(Arc::new(q)))
             }
         }
