@@ -261,19 +261,7 @@ impl Checkpoint {
         let (shard, start, bytes, source) = self.locate(name, expected)?;
         let (rows, cols, shape) = layout(expected, transpose);
         let data = match dtype {
-            FloatDType::F32 => {
-                let v = convert(
-                    bytes,
-                    source,
-                    rows,
-                    cols,
-                    transpose,
-                    |x| x,
-                    |b| f32::from_bits((b as u32) << 16),
-                    |b| f16::from_bits(b).to_f32(),
-                );
-                TensorData::new(v, shape)
-            }
+            FloatDType::F32 => TensorData::new(widen(bytes, source, rows, cols, transpose), shape),
             FloatDType::BF16 => {
                 let v = convert(
                     bytes,
@@ -403,6 +391,20 @@ pub(crate) fn tensor_data_from_f32(
             )))
         }
     })
+}
+
+/// [`convert`] to f32 (exact from every source dtype).
+fn widen(bytes: &[u8], source: SourceDtype, rows: usize, cols: usize, transpose: bool) -> Vec<f32> {
+    convert(
+        bytes,
+        source,
+        rows,
+        cols,
+        transpose,
+        |x| x,
+        |b| f32::from_bits((b as u32) << 16),
+        |b| f16::from_bits(b).to_f32(),
+    )
 }
 
 #[derive(Clone, Copy)]

@@ -18,7 +18,7 @@ use burn::prelude::Tensor;
 use burn::tensor::{DType, FloatDType, TensorData};
 use burn_flex::{Flex, FlexTensor};
 use half::bf16;
-use qwen2_core::model::{MatmulKernel, ProjectionWeight};
+use qwen2_core::model::{quantized_rows, MatmulKernel, ProjectionWeight};
 use qwen2_quant::QuantMatrix;
 
 use crate::gemm_bf16::{self, Epilogue, Input, Matrix, Output};
@@ -106,11 +106,6 @@ fn dense_sums(xs: &[f32], m: usize, k: usize, w: &Dense<'_>, n: usize) -> Option
         (Dense::RowsOut(Weights::F32(w)), _) => dot_rows(xs, w, k, n),
         (Dense::RowsOut(Weights::Bf16(w)), _) => dot_rows(xs, w, k, n),
     })
-}
-
-/// The f32 sums of `x` × a quantized `w`ᵀ by qwen2-quant's integer kernels.
-fn quantized_sums(xs: &[f32], m: usize, w: &QuantMatrix) -> Vec<f32> {
-    qwen2_core::model::quantized_rows(xs, m, w)
 }
 
 /// `x` `[m, k]` × `matrices` through `crate::gemm_bf16` with `epilogue` → `[m, n]` in `round`'s
@@ -247,7 +242,7 @@ impl MatmulKernel<Flex> for CpuMatmul {
                 return Some(y);
             }
         }
-        let y = quantized_sums(&to_f32(x), m, weight);
+        let y = quantized_rows(&to_f32(x), m, weight);
         Some(finish(y, [m, n], compute, bias.as_deref()))
     }
 
@@ -282,7 +277,7 @@ impl MatmulKernel<Flex> for CpuMatmul {
         // Otherwise both products on the other routes, rounded, and SwiGLU on the host.
         let xs = to_f32(x);
         let sums = |w: &ProjectionWeight<Flex>, d: &Option<Dense<'_>>| match w {
-            ProjectionWeight::Quantized(q) => Some(quantized_sums(&xs, m, q)),
+            ProjectionWeight::Quantized(q) => Some(quantized_rows(&xs, m, q)),
             ProjectionWeight::Dense(_) => dense_sums(&xs, m, k, d.as_ref()?, n),
         };
         let (mut g, mut u) = (sums(gate, &denses[0])?, sums(up, &denses[1])?);

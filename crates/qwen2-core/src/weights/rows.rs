@@ -5,9 +5,8 @@
 use std::ops::Range;
 
 use burn::tensor::FloatDType;
-use half::{bf16, f16};
 
-use super::{Checkpoint, Shard, SourceDtype};
+use super::{widen, Checkpoint, Shard, SourceDtype};
 use crate::error::{Error, Result};
 
 /// The rows of one `[rows, cols]` tensor of a checkpoint (see [`Checkpoint::row_reader`]).
@@ -60,23 +59,19 @@ impl RowReader<'_> {
         out.clear();
         match &self.source {
             Source::Loaded(values) => out.extend_from_slice(&values[from..to]),
-            Source::Mapped { bytes, dtype, .. } => match dtype {
-                SourceDtype::F32 => out.extend(
-                    bytes[from * 4..to * 4]
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                ),
-                SourceDtype::Bf16 => out.extend(
-                    bytes[from * 2..to * 2]
-                        .chunks_exact(2)
-                        .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
-                ),
-                SourceDtype::F16 => out.extend(
-                    bytes[from * 2..to * 2]
-                        .chunks_exact(2)
-                        .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
-                ),
-            },
+            Source::Mapped { bytes, dtype, .. } => {
+                let width = match dtype {
+                    SourceDtype::F32 => 4,
+                    SourceDtype::Bf16 | SourceDtype::F16 => 2,
+                };
+                *out = widen(
+                    &bytes[from * width..to * width],
+                    *dtype,
+                    1,
+                    to - from,
+                    false,
+                );
+            }
         }
     }
 }
