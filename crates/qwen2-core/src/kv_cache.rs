@@ -4,6 +4,7 @@ use burn::prelude::{Backend, Tensor};
 use burn::tensor::FloatDType;
 
 use crate::error::{Error, Result};
+use crate::model::FusedKernels;
 
 /// Keys and values of one decoder layer.
 pub struct LayerCache<B: Backend> {
@@ -116,23 +117,33 @@ impl<B: Backend> KvCache<B> {
     /// Stores `keys`/`values` (`[kv_heads, seq, head_dim]`) of `layer` at positions
     /// `len..len + seq` and returns all valid keys and values, `[kv_heads, len + seq, head_dim]`.
     /// Does not advance `len`: call [`KvCache::advance`] once every layer has appended.
+    ///
+    /// `kernels` write the rows in place where they can
+    /// ([`FusedKernels::cache_write`]); otherwise `slice_assign` does, which on burn-flex
+    /// 0.21 copies the whole cache tensor each time.
     pub fn append(
         &mut self,
         layer: usize,
         keys: Tensor<B, 3>,
         values: Tensor<B, 3>,
+        kernels: Option<&dyn FusedKernels<B>>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let [heads, seq, dim] = keys.dims();
         let (start, end) = (self.len, self.len + seq);
         let cache = &mut self.layers[layer];
         let dtype = cache.keys.dtype();
-        // Replace with a placeholder so the cache tensor is uniquely owned and written in place.
         let device = keys.device();
-        let placeholder = || Tensor::<B, 3>::empty([0, 0, 0], &device);
-        let k = std::mem::replace(&mut cache.keys, placeholder());
-        cache.keys = k.slice_assign([0..heads, start..end, 0..dim], keys.cast(dtype));
-        let v = std::mem::replace(&mut cache.values, placeholder());
-        cache.values = v.slice_assign([0..heads, start..end, 0..dim], values.cast(dtype));
+        let write = |cache: &mut Tensor<B, 3>, rows: Tensor<B, 3>| {
+            let rows = rows.cast(dtype);
+            if kernels.is_some_and(|kern| kern.cache_write(cache, start, &rows)) {
+                return;
+            }
+            // Replace with a placeholder so the cache tensor is uniquely owned.
+            let old = std::mem::replace(cache, Tensor::<B, 3>::empty([0, 0, 0], &device));
+            *cache = old.slice_assign([0..heads, start..end, 0..dim], rows);
+        };
+        write(&mut cache.keys, keys);
+        write(&mut cache.values, values);
         (
             cache.keys.clone().slice([0..heads, 0..end, 0..dim]),
             cache.values.clone().slice([0..heads, 0..end, 0..dim]),

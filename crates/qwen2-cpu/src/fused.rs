@@ -114,6 +114,15 @@ impl FusedKernels<Flex> for CpuFused {
         from_f32(out, gate.dims(), dtype)
     }
 
+    fn cache_write(
+        &self,
+        cache: &mut Tensor<Flex, 3>,
+        start: usize,
+        rows: &Tensor<Flex, 3>,
+    ) -> bool {
+        crate::cache::write_rows(cache, start, rows)
+    }
+
     fn rms_norm(
         &self,
         x: &Tensor<Flex, 2>,

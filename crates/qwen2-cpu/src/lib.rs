@@ -1,6 +1,7 @@
 //! The CPU backend of qwen2-burn: burn-flex (f32, f16 and bf16; SIMD; multi-threaded with rayon).
 
 mod attention;
+mod cache;
 mod fused;
 mod gemm;
 mod gemm_bf16;

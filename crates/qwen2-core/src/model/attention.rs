@@ -158,13 +158,18 @@ impl<B: Backend> Attention<B> {
             let split = |t: Tensor<B, 2>| t.reshape([seq, kvh, d]).swap_dims(0, 1);
             let q = kern.rope(&q, h, &rope.cos, &rope.sin, start);
             let k = kern.rope(&k, kvh, &rope.cos, &rope.sin, start);
-            let (keys, values) = cache.append(layer, split(k), split(v));
+            let (keys, values) = cache.append(layer, split(k), split(v), Some(kern.as_ref()));
             return kern.attention(&q, &keys, &values, start, plan);
         }
         let split = |t: Tensor<B, 2>, n: usize| t.reshape([1, seq, n, d]).swap_dims(1, 2);
         let q = rope.apply(split(q, h), start);
         let k = rope.apply(split(k, kvh), start);
-        let (keys, values) = cache.append(layer, k.squeeze_dim(0), split(v, kvh).squeeze_dim(0));
+        let (keys, values) = cache.append(
+            layer,
+            k.squeeze_dim(0),
+            split(v, kvh).squeeze_dim(0),
+            self.kernels.as_deref(),
+        );
         let rows = Batch::uniform(1, seq);
         self.attention(
             q,

@@ -35,6 +35,13 @@ pub trait FusedKernels<B: Backend>: Send + Sync {
         None
     }
 
+    /// Writes `rows` `[heads, seq, head_dim]` (in `cache`'s dtype) into positions
+    /// `start..start + seq` of `cache` `[heads, capacity, head_dim]` in place and returns
+    /// `true`; `false`, with `cache` unchanged, to leave it to `slice_assign`.
+    fn cache_write(&self, _cache: &mut Tensor<B, 3>, _start: usize, _rows: &Tensor<B, 3>) -> bool {
+        false
+    }
+
     /// Whether [`FusedKernels::rope`] and [`FusedKernels::attention`] handle `plan`.
     fn attention_supported(&self, plan: &PrecisionPlan) -> bool;
 
