@@ -37,36 +37,69 @@ pub fn proc_status_bytes(field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Memory bandwidth with every core: (read, copy) in bytes per second, best of 3. Read is a
-/// sum over 512 MiB; copy counts bytes read plus bytes written (the STREAM convention).
-pub fn memory_bandwidth() -> (f64, f64) {
+/// Read bandwidth with every core, in bytes per second: the best of two sums over a buffer
+/// of 256 MiB, each core summing its own part.
+pub struct ReadProbe {
+    data: Vec<f32>,
+}
+
+impl ReadProbe {
+    /// Allocates (and touches) the buffer.
+    pub fn new() -> ReadProbe {
+        ReadProbe {
+            data: vec![1.0f32; 64 << 20],
+        }
+    }
+
+    /// One measurement.
+    pub fn measure(&self) -> f64 {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let part = self.data.len().div_ceil(threads);
+        let mut best = 0.0f64;
+        for _ in 0..2 {
+            let t = Instant::now();
+            let total: f32 = std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .data
+                    .chunks(part)
+                    .map(|c| s.spawn(move || sum(c)))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+            });
+            std::hint::black_box(total);
+            best = best.max((self.data.len() * 4) as f64 / t.elapsed().as_secs_f64());
+        }
+        best
+    }
+}
+
+impl Default for ReadProbe {
+    fn default() -> Self {
+        ReadProbe::new()
+    }
+}
+
+/// The sum of `c` in 16 independent lanes (a loop the compiler vectorizes).
+fn sum(c: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    for block in c.chunks_exact(16) {
+        for l in 0..16 {
+            acc[l] += block[l];
+        }
+    }
+    acc.iter().sum::<f32>()
+}
+
+/// Copy bandwidth with every core in bytes per second (bytes read plus bytes written, the
+/// STREAM convention): the best of three copies of 512 MiB.
+pub fn copy_bandwidth() -> f64 {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = 128 << 20; // 512 MiB of f32
     let src = vec![1.0f32; n];
     let mut dst = vec![0.0f32; n];
     let part = n.div_ceil(threads);
-    let (mut read, mut copy) = (0.0f64, 0.0f64);
+    let mut copy = 0.0f64;
     for _ in 0..3 {
-        let t = Instant::now();
-        let total: f32 = std::thread::scope(|s| {
-            let handles: Vec<_> = src
-                .chunks(part)
-                .map(|c| {
-                    s.spawn(move || {
-                        let mut acc = [0.0f32; 16];
-                        for block in c.chunks_exact(16) {
-                            for l in 0..16 {
-                                acc[l] += block[l];
-                            }
-                        }
-                        acc.iter().sum::<f32>()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
-        });
-        std::hint::black_box(total);
-        read = read.max((n * 4) as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
         std::thread::scope(|s| {
             for (d, c) in dst.chunks_mut(part).zip(src.chunks(part)) {
@@ -76,7 +109,7 @@ pub fn memory_bandwidth() -> (f64, f64) {
         std::hint::black_box(&dst);
         copy = copy.max((2 * n * 4) as f64 / t.elapsed().as_secs_f64());
     }
-    (read, copy)
+    copy
 }
 
 /// The prompt: ids from `--ids FILE` (comma/space/newline separated), else a fixed spread
@@ -146,8 +179,19 @@ pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
         Ok((prefill, ttft, t.elapsed().as_secs_f64()))
     };
     run(a.gen.min(4))?; // warm-up
+    // Peak memory of the model run (every repetition runs the same), read before the
+    // bandwidth probes allocate their buffers.
+    let peak_rss = proc_status_bytes("VmHWM:");
+    // GPU backends: what the device allocator holds after a run (null on the CPU).
+    let device_memory = P::device_memory(&device);
+    // The read bandwidth is measured just before each repetition, so that the decode speed
+    // and the bound it is compared with come from the same moments (on a shared host the
+    // bandwidth swings by 2x within minutes).
+    let probe = ReadProbe::new();
     let (mut prefill, mut ttft, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+    let mut read_bandwidth = Vec::new();
     for rep in 0..a.reps {
+        read_bandwidth.push(probe.measure());
         let (p, f, d) = run(a.gen)?;
         tracing::info!(rep, prefill_s = p, decode_s = d, "bench rep");
         prefill.push(prompt.len() as f64 / p);
@@ -156,11 +200,12 @@ pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
             decode.push((a.gen - 1) as f64 / d);
         }
     }
-    // Peak memory of the model run, read before the bandwidth probe allocates its 1 GiB.
-    let peak_rss = proc_status_bytes("VmHWM:");
-    // GPU backends: what the device allocator holds after the runs (null on the CPU).
-    let device_memory = P::device_memory(&device);
-    let (read_bandwidth, copy_bandwidth) = memory_bandwidth();
+    if read_bandwidth.is_empty() {
+        read_bandwidth.push(probe.measure());
+    }
+    drop(probe);
+    let read_bandwidth = stats(&read_bandwidth)["median"].as_f64().unwrap_or(f64::NAN);
+    let copy_bandwidth = copy_bandwidth();
     // What a token reads (every projection and the head once, as stored: dense or quantized),
     // and what is held (plus the embedding when the head is not the embedding itself).
     let weight_bytes = model.projection_bytes() as f64;
