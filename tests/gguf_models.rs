@@ -397,3 +397,39 @@ fn a_row_reader_reads_what_load_reads() {
         );
     }
 }
+
+/// The stored blocks `Checkpoint::quantized` hands the kernels are the file's bytes, whether
+/// they were copied into huge pages (where the system has them, as on the development and CI
+/// machines) or are read in place from the mapping.
+#[test]
+fn quantized_blocks_are_the_files_bytes() {
+    let path = q8_file();
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let mut checked = 0;
+    for view in file.tensors() {
+        if view.ggml_type() == GgmlType::F32 {
+            continue;
+        }
+        let Some(hf) = qwen2_burn::core::gguf::hf_name(view.name()) else {
+            continue;
+        };
+        let (ty, bytes) = ckpt.quantized(&hf, &view.shape()).unwrap().unwrap();
+        assert_eq!(ty, view.ggml_type(), "{hf}");
+        assert_eq!(bytes.as_slice(), view.data(), "{hf}");
+        if qwen2_burn::core::qwen2_quant::huge_pages_wanted() {
+            // A copy: arena slots start on cache lines (the file aligns data to 32 bytes).
+            assert_eq!(bytes.as_slice().as_ptr() as usize % 64, 0, "{hf}");
+        }
+        checked += 1;
+    }
+    assert!(checked > 5, "{checked} quantized tensors");
+    println!(
+        "huge pages {}",
+        if qwen2_burn::core::qwen2_quant::huge_pages_wanted() {
+            "wanted: the blocks were copied"
+        } else {
+            "not available: the blocks were read in place"
+        }
+    );
+}

@@ -2,6 +2,7 @@
 //! one backend and precision policy (`cargo xtask bench` runs one process per configuration and
 //! tabulates them).
 
+use qwen2_burn::core::qwen2_quant::{huge_pages_wanted, QuantError, WeightArena, WeightBytes};
 use std::time::Instant;
 
 use burn::tensor::FloatDType;
@@ -38,36 +39,52 @@ pub fn proc_status_bytes(field: &str) -> Option<u64> {
 }
 
 /// Read bandwidth with every core, in bytes per second: the best of two sums over a buffer
-/// of 256 MiB, each core summing its own part.
+/// of 256 MiB, each core summing its own part. The buffer is in huge pages when the weights
+/// are (`qwen2_quant::huge_pages_wanted`): the bound is what a read of memory laid out like
+/// the weights reaches.
 pub struct ReadProbe {
-    data: Vec<f32>,
+    data: WeightBytes,
 }
 
 impl ReadProbe {
-    /// Allocates (and touches) the buffer.
+    /// Allocates and fills the buffer.
     pub fn new() -> ReadProbe {
-        ReadProbe {
-            data: vec![1.0f32; 64 << 20],
-        }
+        let len = 256 << 20;
+        let fill = |b: &mut [u8]| -> Result<(), QuantError> {
+            for value in b.chunks_exact_mut(4) {
+                value.copy_from_slice(&1.0f32.to_ne_bytes());
+            }
+            Ok(())
+        };
+        let huge = huge_pages_wanted()
+            .then(|| WeightArena::for_sizes([len]).and_then(|arena| arena.store(len, fill)))
+            .and_then(Result::ok);
+        let data = huge.unwrap_or_else(|| {
+            let mut bytes = vec![0u8; len];
+            let _ = fill(&mut bytes);
+            WeightBytes::from(bytes)
+        });
+        ReadProbe { data }
     }
 
     /// One measurement.
     pub fn measure(&self) -> f64 {
+        // SAFETY: every bit pattern is an f32.
+        let (_, values, _) = unsafe { self.data.as_slice().align_to::<f32>() };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let part = self.data.len().div_ceil(threads);
+        let part = values.len().div_ceil(threads);
         let mut best = 0.0f64;
         for _ in 0..2 {
             let t = Instant::now();
             let total: f32 = std::thread::scope(|s| {
-                let handles: Vec<_> = self
-                    .data
+                let handles: Vec<_> = values
                     .chunks(part)
                     .map(|c| s.spawn(move || sum(c)))
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
             });
             std::hint::black_box(total);
-            best = best.max((self.data.len() * 4) as f64 / t.elapsed().as_secs_f64());
+            best = best.max((values.len() * 4) as f64 / t.elapsed().as_secs_f64());
         }
         best
     }
@@ -179,8 +196,8 @@ pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
         Ok((prefill, ttft, t.elapsed().as_secs_f64()))
     };
     run(a.gen.min(4))?; // warm-up
-    // Peak memory of the model run (every repetition runs the same), read before the
-    // bandwidth probes allocate their buffers.
+                        // Peak memory of the model run (every repetition runs the same), read before the
+                        // bandwidth probes allocate their buffers.
     let peak_rss = proc_status_bytes("VmHWM:");
     // GPU backends: what the device allocator holds after a run (null on the CPU).
     let device_memory = P::device_memory(&device);
@@ -204,7 +221,9 @@ pub fn bench_cmd<P: Platform>(a: BenchArgs) -> CliResult {
         read_bandwidth.push(probe.measure());
     }
     drop(probe);
-    let read_bandwidth = stats(&read_bandwidth)["median"].as_f64().unwrap_or(f64::NAN);
+    let read_bandwidth = stats(&read_bandwidth)["median"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
     let copy_bandwidth = copy_bandwidth();
     // What a token reads (every projection and the head once, as stored: dense or quantized),
     // and what is held (plus the embedding when the head is not the embedding itself).

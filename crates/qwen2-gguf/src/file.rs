@@ -167,6 +167,38 @@ impl GgufFile {
         Ok((shared, start..start + view.data().len()))
     }
 
+    /// Drops this process's mapped pages holding bytes `within` of tensor `name`'s data (whole
+    /// 4 KiB pages, so a neighbour's page may go too): for a read-only file mapping nothing is
+    /// lost, the next read loads them from the file again. A copy of a tensor made elsewhere
+    /// then does not keep its mapped pages resident. Does nothing for a file held in memory.
+    pub fn release_pages(&self, name: &str, within: std::ops::Range<usize>) -> Result<()> {
+        let (_, range) = self.shared_tensor(name)?;
+        let Storage::Mapped(map) = &*self.storage else {
+            return Ok(());
+        };
+        #[cfg(unix)]
+        {
+            const PAGE: usize = 4096;
+            let begin = (range.start + within.start.min(range.len())) / PAGE * PAGE;
+            let end = (range.start + within.end.min(range.len())).div_ceil(PAGE) * PAGE;
+            let end = end.min(map.len());
+            if end > begin {
+                // SAFETY: a read-only private file mapping: MADV_DONTNEED drops pages that the
+                // next access reads from the file again; no page was ever written.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        begin,
+                        end - begin,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (map, range, within);
+        Ok(())
+    }
+
     fn view<'a>(&'a self, info: &'a TensorInfo) -> TensorView<'a> {
         // In bounds and without overflow: checked by `parse_gguf` for every tensor info.
         let start = (self.data_offset + info.offset()) as usize;

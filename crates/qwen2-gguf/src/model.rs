@@ -147,6 +147,17 @@ impl GgufModel {
         }
     }
 
+    /// [`GgufFile::release_pages`] for tensor `name` in whichever shard holds it.
+    pub fn release_pages(&self, name: &str, within: std::ops::Range<usize>) -> Result<()> {
+        match self.locations.get(name) {
+            Some(&(s, _)) => self.shards[s].release_pages(name, within),
+            None => Err(GgufError::TensorNotFound {
+                path: self.path().to_path_buf(),
+                name: name.to_string(),
+            }),
+        }
+    }
+
     /// Every tensor of every shard, shard by shard in file order.
     pub fn tensors(&self) -> impl Iterator<Item = TensorView<'_>> {
         self.shards.iter().flat_map(GgufFile::tensors)

@@ -16,6 +16,14 @@ pub enum QuantError {
     /// The requested kernel path needs CPU features this machine lacks.
     #[error("kernel path {0} is not available on this CPU")]
     PathUnavailable(KernelPath),
+    /// Memory for weights could not be mapped.
+    #[error("cannot map {bytes} bytes for weights: {reason}")]
+    Memory {
+        /// Bytes requested.
+        bytes: usize,
+        /// What the system said.
+        reason: String,
+    },
     /// Quantizing weights with qwen2-gguf failed.
     #[error(transparent)]
     Gguf(#[from] qwen2_gguf::GgufError),

@@ -21,6 +21,7 @@
 mod activation;
 mod dispatch;
 mod error;
+mod huge;
 mod kernels;
 mod matrix;
 mod parallel;
@@ -35,5 +36,6 @@ pub use activation::{
 };
 pub use dispatch::{available_paths, best_path, KernelPath, PATH_ENV_VAR};
 pub use error::{QuantError, Result};
+pub use huge::{huge_pages_wanted, WeightArena};
 pub use matrix::{dot_rows, QuantMatrix, WeightBytes};
 pub use qwen2_gguf::{GgmlType, QK_K};

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use qwen2_gguf::GgmlType;
 use rayon::prelude::*;
 
+use crate::huge::WeightArena;
+
 use crate::activation::{ActivationBlocks, ActivationFormat, QuantizedActivations};
 use crate::dispatch::{best_path, KernelPath};
 use crate::error::{shape_error, QuantError, Result};
@@ -152,22 +154,34 @@ impl QuantMatrix {
         // rows, concatenated in order (the same bytes as one call over the whole matrix).
         let row_bytes = cols / block * ggml_type.type_size();
         let rows_per_task = (1 << 16) / cols + 1;
-        let mut bytes = vec![0u8; rows * row_bytes];
-        bytes
-            .par_chunks_mut(rows_per_task * row_bytes)
-            .enumerate()
-            .try_for_each_init(Vec::new, |values, (t, out)| {
-                let first = t * rows_per_task;
-                read(first..first + out.len() / row_bytes, values);
-                if values.len() != out.len() / row_bytes * cols {
-                    return Err(shape_error(format!(
-                        "rows {first}.. read as {} values, not {} × {cols}",
-                        values.len(),
-                        out.len() / row_bytes
-                    )));
-                }
-                Ok(qwen2_gguf::quantize_into(ggml_type, values, out)?)
-            })?;
+        let fill = |bytes: &mut [u8]| -> Result<()> {
+            bytes
+                .par_chunks_mut(rows_per_task * row_bytes)
+                .enumerate()
+                .try_for_each_init(Vec::new, |values, (t, out)| {
+                    let first = t * rows_per_task;
+                    read(first..first + out.len() / row_bytes, values);
+                    if values.len() != out.len() / row_bytes * cols {
+                        return Err(shape_error(format!(
+                            "rows {first}.. read as {} values, not {} × {cols}",
+                            values.len(),
+                            out.len() / row_bytes
+                        )));
+                    }
+                    Ok(qwen2_gguf::quantize_into(ggml_type, values, out)?)
+                })
+        };
+        let len = rows * row_bytes;
+        // In huge pages where the system has them (see `crate::huge`; whole 2 MiB pages only,
+        // so a small matrix stays in 4 KiB pages).
+        let bytes = match crate::huge_pages_wanted().then(|| WeightArena::for_sizes([len])) {
+            Some(Ok(arena)) => arena.store(len, fill)?,
+            _ => {
+                let mut bytes = vec![0u8; len];
+                fill(&mut bytes)?;
+                WeightBytes::from(bytes)
+            }
+        };
         QuantMatrix::new(ggml_type, rows, cols, bytes)
     }
 

@@ -21,7 +21,13 @@ struct Entry {
 pub struct GgufTensors {
     model: GgufModel,
     entries: HashMap<String, Entry>,
+    /// Where [`GgufTensors::quantized`] copies the blocks when huge pages are available
+    /// (made on the first call; `None` to read them in place from the mapping).
+    arena: OnceLock<Option<qwen2_quant::WeightArena>>,
 }
+
+/// Bytes copied from the mapping between two releases of its pages.
+const COPY_CHUNK: usize = 8 << 20;
 
 impl GgufTensors {
     /// Indexes the tensors of `model` the Qwen2 graph uses (others are logged and skipped).
@@ -39,7 +45,36 @@ impl GgufTensors {
                 None => tracing::debug!(tensor = view.name(), "GGUF tensor not used by Qwen2"),
             }
         }
-        GgufTensors { model, entries }
+        GgufTensors {
+            model,
+            entries,
+            arena: OnceLock::new(),
+        }
+    }
+
+    /// The arena for the quantized blocks of every tensor the graph uses, when
+    /// [`qwen2_quant::huge_pages_wanted`]; `None` (blocks read in place from the mapping) when
+    /// not, or when the memory cannot be mapped.
+    fn arena(&self) -> Option<&qwen2_quant::WeightArena> {
+        self.arena
+            .get_or_init(|| {
+                if !qwen2_quant::huge_pages_wanted() {
+                    return None;
+                }
+                let sizes = self.model.tensors().filter_map(|view| {
+                    let used = self.entries.values().any(|e| e.gguf_name == view.name());
+                    let quantized = qwen2_quant::SUPPORTED_WEIGHT_TYPES.contains(&view.ggml_type());
+                    (used && quantized).then(|| view.data().len())
+                });
+                match qwen2_quant::WeightArena::for_sizes(sizes) {
+                    Ok(arena) => Some(arena),
+                    Err(e) => {
+                        tracing::warn!(%e, "quantized weights stay in the file mapping");
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
 
     /// The GGUF model.
@@ -107,8 +142,10 @@ impl GgufTensors {
     }
 
     /// HF tensor `name`'s stored blocks when its type is one the quantized kernels multiply
-    /// directly ([`qwen2_quant::SUPPORTED_WEIGHT_TYPES`]): the type and its bytes, shared with
-    /// the memory map (no copy), with the shape checked against `expected` (HF layout).
+    /// directly ([`qwen2_quant::SUPPORTED_WEIGHT_TYPES`]): the type and its bytes, with the
+    /// shape checked against `expected` (HF layout). The bytes are copied into huge pages
+    /// where the system has them (decode streams them faster; the mapped pages are released
+    /// as the copy goes, so they are resident once), else shared with the memory map.
     /// `None` for float types (F32/F16/BF16).
     pub fn quantized(
         &self,
@@ -122,8 +159,30 @@ impl GgufTensors {
             return Ok(None);
         }
         let (owner, range) = self.model.shared_tensor(&entry.gguf_name)?;
-        let bytes = qwen2_quant::WeightBytes::new(owner, range)
-            .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+        let invalid = |e: qwen2_quant::QuantError| Error::Invalid(format!("{name}: {e}"));
+        let Some(arena) = self.arena() else {
+            let bytes = qwen2_quant::WeightBytes::new(owner, range).map_err(invalid)?;
+            return Ok(Some((ty, bytes)));
+        };
+        // A copy in huge pages; the mapped pages are released as the copy goes, so the blocks
+        // are not resident twice.
+        let source = &(*owner).as_ref()[range];
+        let bytes = arena
+            .store(source.len(), |dst| {
+                for (i, (d, s)) in dst
+                    .chunks_mut(COPY_CHUNK)
+                    .zip(source.chunks(COPY_CHUNK))
+                    .enumerate()
+                {
+                    d.copy_from_slice(s);
+                    let start = i * COPY_CHUNK;
+                    self.model
+                        .release_pages(&entry.gguf_name, start..start + s.len())
+                        .map_err(qwen2_quant::QuantError::from)?;
+                }
+                Ok(())
+            })
+            .map_err(invalid)?;
         Ok(Some((ty, bytes)))
     }
 
