@@ -445,20 +445,33 @@ fn convert<T: Copy + Default>(
     from_bf16: impl Fn(u16) -> T,
     from_f16: impl Fn(u16) -> T,
 ) -> Vec<T> {
-    let values: Vec<T> = match source {
-        SourceDtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
-        SourceDtype::Bf16 => bytes
-            .chunks_exact(2)
-            .map(|c| from_bf16(u16::from_le_bytes([c[0], c[1]])))
-            .collect(),
-        SourceDtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| from_f16(u16::from_le_bytes([c[0], c[1]])))
-            .collect(),
+    // Weights in huge pages where the system has them (decode streams them faster).
+    let size = match source {
+        SourceDtype::F32 => 4,
+        SourceDtype::Bf16 | SourceDtype::F16 => 2,
     };
+    let mut values = if transpose {
+        Vec::with_capacity(bytes.len() / size)
+    } else {
+        qwen2_quant::huge_vec(bytes.len() / size)
+    };
+    match source {
+        SourceDtype::F32 => values.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        ),
+        SourceDtype::Bf16 => values.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| from_bf16(u16::from_le_bytes([c[0], c[1]]))),
+        ),
+        SourceDtype::F16 => values.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| from_f16(u16::from_le_bytes([c[0], c[1]]))),
+        ),
+    }
     if !transpose {
         return values;
     }
@@ -467,7 +480,8 @@ fn convert<T: Copy + Default>(
 
 /// A row-major `[rows, cols]` matrix as `[cols, rows]`, in cache-sized blocks.
 fn transposed<T: Copy + Default>(values: Vec<T>, rows: usize, cols: usize) -> Vec<T> {
-    let mut out = vec![T::default(); values.len()];
+    let mut out = qwen2_quant::huge_vec(values.len());
+    out.resize(values.len(), T::default());
     const BLOCK: usize = 32;
     for r0 in (0..rows).step_by(BLOCK) {
         for c0 in (0..cols).step_by(BLOCK) {

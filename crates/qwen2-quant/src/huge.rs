@@ -39,6 +39,35 @@ pub fn huge_pages_wanted() -> bool {
     })
 }
 
+/// An empty vector with room for `len` values whose whole 2 MiB pages are marked for huge
+/// pages (`MADV_HUGEPAGE`, when [`huge_pages_wanted`]) before anything is written: fill it
+/// with `extend` or `resize` and the memory it touches comes in huge pages. For dense weights
+/// the tensors then own (an empty vector when `len` is 0).
+pub fn huge_vec<T>(len: usize) -> Vec<T> {
+    let values = Vec::with_capacity(len);
+    #[cfg(target_os = "linux")]
+    if huge_pages_wanted() {
+        let start = values.as_ptr() as usize;
+        let end = start + len * std::mem::size_of::<T>();
+        let (first, last) = (
+            start.next_multiple_of(HUGE_PAGE),
+            end / HUGE_PAGE * HUGE_PAGE,
+        );
+        if last > first {
+            // SAFETY: whole pages inside the vector's own unused allocation; the advice only
+            // changes how the pages are backed when first touched.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_HUGEPAGE,
+                )
+            };
+        }
+    }
+    values
+}
+
 /// One anonymous mapping, 2 MiB aligned.
 struct Region {
     ptr: *mut u8,

@@ -36,6 +36,6 @@ pub use activation::{
 };
 pub use dispatch::{available_paths, best_path, KernelPath, PATH_ENV_VAR};
 pub use error::{QuantError, Result};
-pub use huge::{huge_pages_wanted, WeightArena};
+pub use huge::{huge_pages_wanted, huge_vec, WeightArena};
 pub use matrix::{dot_rows, QuantMatrix, WeightBytes};
 pub use qwen2_gguf::{GgmlType, QK_K};
