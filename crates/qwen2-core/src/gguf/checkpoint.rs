@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use burn::tensor::{FloatDType, TensorData};
 use qwen2_gguf::{GgmlType, GgufError, GgufModel};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -26,8 +27,9 @@ pub struct GgufTensors {
     arena: OnceLock<Option<qwen2_quant::WeightArena>>,
 }
 
-/// Bytes copied from the mapping between two releases of its pages.
-const COPY_CHUNK: usize = 8 << 20;
+/// Bytes copied (by one thread) from the mapping before the pages are released: one huge
+/// page.
+const COPY_CHUNK: usize = 2 << 20;
 
 impl GgufTensors {
     /// Indexes the tensors of `model` the Qwen2 graph uses (others are logged and skipped).
@@ -169,18 +171,18 @@ impl GgufTensors {
         let source = &(*owner).as_ref()[range];
         let bytes = arena
             .store(source.len(), |dst| {
-                for (i, (d, s)) in dst
-                    .chunks_mut(COPY_CHUNK)
-                    .zip(source.chunks(COPY_CHUNK))
+                // In parallel: the kernel zeroes each huge page as it is first written, which
+                // took as long as the copy itself.
+                dst.par_chunks_mut(COPY_CHUNK)
+                    .zip(source.par_chunks(COPY_CHUNK))
                     .enumerate()
-                {
-                    d.copy_from_slice(s);
-                    let start = i * COPY_CHUNK;
-                    self.model
-                        .release_pages(&entry.gguf_name, start..start + s.len())
-                        .map_err(qwen2_quant::QuantError::from)?;
-                }
-                Ok(())
+                    .try_for_each(|(i, (d, s))| {
+                        d.copy_from_slice(s);
+                        let start = i * COPY_CHUNK;
+                        self.model
+                            .release_pages(&entry.gguf_name, start..start + s.len())
+                            .map_err(qwen2_quant::QuantError::from)
+                    })
             })
             .map_err(invalid)?;
         Ok(Some((ty, bytes)))
