@@ -149,7 +149,7 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
     if let Some(bin) = &o.llamacpp {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         match crate::bench_llamacpp::run(bin, &o.model, threads, &o.pass_through) {
-            Ok(row) => reports.push(row),
+            Ok(rows) => reports.extend(rows),
             Err(e) => eprintln!("xtask bench: llama.cpp: {e}"),
         }
     }
