@@ -100,6 +100,7 @@ fn quantized_weights<P: Platform>() -> serde_json::Value {
         .collect();
     serde_json::json!({
         "kept": true,
+        "huge_pages": qwen2_burn::core::qwen2_quant::huge_pages_wanted(),
         "kernel_path": best_path().name(),
         "available": qwen2_burn::core::qwen2_quant::available_paths()
             .iter()
@@ -217,6 +218,16 @@ pub fn print(reports: &[serde_json::Value], json: bool) -> CliResult {
                             .filter_map(|v| v.as_str())
                             .collect::<Vec<_>>()
                             .join(", "))
+                );
+                println!(
+                    "    weights in memory: {}",
+                    if q["huge_pages"] == true {
+                        "transparent huge pages (decode streams them faster; \
+                         QWEN2_HUGE_PAGES=0 reads a GGUF in place instead)"
+                    } else {
+                        "4 KiB pages (this system offers no transparent huge pages, or \
+                         QWEN2_HUGE_PAGES=0): a GGUF is read in place from its mapping"
+                    }
                 );
             } else {
                 println!(
