@@ -321,3 +321,45 @@ fn training_and_merging_a_gguf_say_what_they_need_and_adapters_run_on_it() {
     assert_eq!(run["weights"], "q8_0 \u{d7}15");
     assert_eq!(run["generated_tokens"], 3);
 }
+
+/// Quantized GGUF blocks copied into huge pages (the default where Linux offers them) and read
+/// in place from the file mapping (`QWEN2_HUGE_PAGES=0`) give bit-identical logits, and
+/// `doctor` says which one this system uses.
+#[test]
+fn huge_pages_or_the_mapping_give_the_same_logits() {
+    let q8 = fixture("gguf-tiny-chat/tiny-chat-q8_0.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let logits = |huge: &str| {
+        let out_path = tmp.path().join(format!("huge-{huge}.npy"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwen2"))
+            .env("QWEN2_HUGE_PAGES", huge)
+            .args([
+                "logits",
+                "--model",
+                q8.to_str().unwrap(),
+                "--ids",
+                "1,2,3,4,5",
+            ])
+            .args(["--all-positions", "--out", out_path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(&out_path).unwrap()
+    };
+    assert_eq!(logits("1"), logits("0"));
+    let doctor = |huge: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwen2"))
+            .env("QWEN2_HUGE_PAGES", huge)
+            .args(["doctor", "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["backends"][0]["devices"][0]["quantized_weights"]["huge_pages"].clone()
+    };
+    assert_eq!(doctor("0"), false);
+    assert!(doctor("1").is_boolean());
+}
