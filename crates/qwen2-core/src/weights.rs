@@ -76,6 +76,8 @@ pub struct Checkpoint {
     description: String,
     /// The GGUF model, when the checkpoint is one (then `shards` is empty).
     gguf: Option<GgufTensors>,
+    /// Where `--quantize` puts the blocks it makes (see [`Checkpoint::quantize_arena`]).
+    quantize_arena: std::sync::OnceLock<Option<qwen2_quant::WeightArena>>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +134,7 @@ impl Checkpoint {
                 index: name_to_shard,
                 description: format!("{} ({} shards)", index_path.display(), files.len()),
                 gguf: None,
+                quantize_arena: Default::default(),
             })
         } else if single_path.is_file() {
             let shard = Shard::open(single_path.clone())?;
@@ -141,6 +144,7 @@ impl Checkpoint {
                 index,
                 description: single_path.display().to_string(),
                 gguf: None,
+                quantize_arena: Default::default(),
             })
         } else {
             Err(Error::io(
@@ -163,6 +167,7 @@ impl Checkpoint {
             index,
             description: path.display().to_string(),
             gguf: None,
+            quantize_arena: Default::default(),
         })
     }
 
@@ -175,6 +180,7 @@ impl Checkpoint {
             index: HashMap::new(),
             description: gguf.path().display().to_string(),
             gguf: Some(gguf),
+            quantize_arena: Default::default(),
         }
     }
 
@@ -248,6 +254,27 @@ impl Checkpoint {
             Some(g) => g.quantized(name, expected),
             None => Ok(None),
         }
+    }
+
+    /// One huge-page region for every matrix `--quantize` makes from this checkpoint, so small
+    /// matrices get huge pages too (a region per matrix only holds whole 2 MiB pages): room
+    /// for every 2-D tensor at Q8_0's 8.5 bits per weight (the most any target or fallback
+    /// type takes), reserved, not used until written. `None` without huge pages.
+    pub fn quantize_arena(&self) -> Option<&qwen2_quant::WeightArena> {
+        self.quantize_arena
+            .get_or_init(|| {
+                if !qwen2_quant::huge_pages_wanted() {
+                    return None;
+                }
+                let sizes = self.names().filter_map(|name| match self.shape(name)? {
+                    [rows, cols] => Some(rows * cols.div_ceil(32) * 34),
+                    _ => None,
+                });
+                qwen2_quant::WeightArena::for_sizes(sizes)
+                    .map_err(|e| tracing::warn!(%e, "quantized weights in per-matrix memory"))
+                    .ok()
+            })
+            .as_ref()
     }
 
     /// Reads tensor `name`, checks its shape against `expected` (HF layout), converts it to

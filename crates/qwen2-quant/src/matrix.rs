@@ -144,6 +144,18 @@ impl QuantMatrix {
         cols: usize,
         read: impl Fn(std::ops::Range<usize>, &mut Vec<f32>) + Sync,
     ) -> Result<Self> {
+        Self::from_row_blocks_in(None, ggml_type, rows, cols, read)
+    }
+
+    /// [`QuantMatrix::from_row_blocks`] writing the blocks into a slot of `arena` (or, without
+    /// one, a region of their own).
+    pub fn from_row_blocks_in(
+        arena: Option<&WeightArena>,
+        ggml_type: GgmlType,
+        rows: usize,
+        cols: usize,
+        read: impl Fn(std::ops::Range<usize>, &mut Vec<f32>) + Sync,
+    ) -> Result<Self> {
         let block = ggml_type.block_size();
         if cols == 0 || !cols.is_multiple_of(block) {
             return Err(shape_error(format!(
@@ -172,11 +184,22 @@ impl QuantMatrix {
                 })
         };
         let len = rows * row_bytes;
-        // In huge pages where the system has them (see `crate::huge`; whole 2 MiB pages only,
-        // so a small matrix stays in 4 KiB pages).
-        let bytes = match crate::huge_pages_wanted().then(|| WeightArena::for_sizes([len])) {
-            Some(Ok(arena)) => arena.store(len, fill)?,
-            _ => {
+        // In huge pages where the system has them (see `crate::huge`): the caller's arena if
+        // it has room, else a region of the matrix's own (which only gets whole 2 MiB pages,
+        // so a small matrix needs the caller's arena).
+        let own;
+        let arena = match arena.filter(|a| a.remaining() >= len) {
+            Some(arena) => Some(arena),
+            None => {
+                own = crate::huge_pages_wanted()
+                    .then(|| WeightArena::for_sizes([len]).ok())
+                    .flatten();
+                own.as_ref()
+            }
+        };
+        let bytes = match arena {
+            Some(arena) => arena.store(len, fill)?,
+            None => {
                 let mut bytes = vec![0u8; len];
                 fill(&mut bytes)?;
                 WeightBytes::from(bytes)

@@ -175,7 +175,8 @@ impl<B: Backend> ProjectionWeight<B> {
                 };
                 // A block of rows at a time: no f32 copy of the whole matrix.
                 let reader = ckpt.row_reader(name, [out, inp])?;
-                let q = QuantMatrix::from_row_blocks(ty, out, inp, |rows, values| {
+                let arena = ckpt.quantize_arena();
+                let q = QuantMatrix::from_row_blocks_in(arena, ty, out, inp, |rows, values| {
                     reader.read(rows, values)
                 })
                 .map_err(|e| Error::Invalid(format!("quantizing {name} to {ty}: {e}")))?;
