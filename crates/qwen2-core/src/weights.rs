@@ -43,27 +43,7 @@ impl Shard {
     /// about the weights once, not twice). The mapping is read-only and file-backed: a later
     /// read of the range would load it from the file again, so nothing is lost.
     fn release(&self, offset: usize, len: usize) {
-        #[cfg(unix)]
-        {
-            const PAGE: usize = 4096;
-            let begin = offset / PAGE * PAGE;
-            let end = (offset + len).div_ceil(PAGE) * PAGE;
-            let end = end.min(self.map.len());
-            if end > begin {
-                // SAFETY: a read-only private file mapping; MADV_DONTNEED only drops pages that
-                // are re-read from the file on the next access, and no reference into the
-                // range outlives this call (the converted data is an owned copy).
-                let _ = unsafe {
-                    self.map.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        begin,
-                        end - begin,
-                    )
-                };
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = (offset, len);
+        qwen2_gguf::release_mapped_pages(&self.map, offset, len);
     }
 }
 

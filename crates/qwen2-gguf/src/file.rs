@@ -34,6 +34,28 @@ impl AsRef<[u8]> for Storage {
     }
 }
 
+/// Drops this process's pages of `map` holding bytes `offset..offset + len` (whole 4 KiB pages,
+/// so a neighbour's page may go too). For a read-only file mapping nothing is lost: the next
+/// read loads them from the file again. Does nothing off Unix.
+pub fn release_mapped_pages(map: &Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let begin = offset / PAGE * PAGE;
+        let end = (offset + len).div_ceil(PAGE) * PAGE;
+        let end = end.min(map.len());
+        if end > begin {
+            // SAFETY: a read-only private file mapping: MADV_DONTNEED drops pages that the
+            // next access reads from the file again; no page was ever written.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, begin, end - begin)
+            };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (map, offset, len);
+}
+
 /// A file's bytes shared beyond the life of its [`GgufFile`] (see [`GgufFile::shared_tensor`]).
 pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
@@ -176,26 +198,9 @@ impl GgufFile {
         let Storage::Mapped(map) = &*self.storage else {
             return Ok(());
         };
-        #[cfg(unix)]
-        {
-            const PAGE: usize = 4096;
-            let begin = (range.start + within.start.min(range.len())) / PAGE * PAGE;
-            let end = (range.start + within.end.min(range.len())).div_ceil(PAGE) * PAGE;
-            let end = end.min(map.len());
-            if end > begin {
-                // SAFETY: a read-only private file mapping: MADV_DONTNEED drops pages that the
-                // next access reads from the file again; no page was ever written.
-                let _ = unsafe {
-                    map.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        begin,
-                        end - begin,
-                    )
-                };
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = (map, range, within);
+        let start = range.start + within.start.min(range.len());
+        let end = range.start + within.end.min(range.len());
+        release_mapped_pages(map, start, end.saturating_sub(start));
         Ok(())
     }
 

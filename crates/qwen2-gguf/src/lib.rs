@@ -32,7 +32,7 @@ mod writer;
 
 pub use dequant::{dequantize, dequantize_into, dequantize_to_bf16, dequantize_to_f16};
 pub use error::{GgufError, Result};
-pub use file::{GgufFile, SharedBytes};
+pub use file::{release_mapped_pages, GgufFile, SharedBytes};
 pub use ggml_type::{GgmlType, QK_K};
 pub use metadata::{MetadataArray, MetadataValue, MetadataValueType};
 pub use metadata_map::Metadata;

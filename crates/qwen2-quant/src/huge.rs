@@ -45,27 +45,38 @@ pub fn huge_pages_wanted() -> bool {
 /// the tensors then own (an empty vector when `len` is 0).
 pub fn huge_vec<T>(len: usize) -> Vec<T> {
     let values = Vec::with_capacity(len);
-    #[cfg(target_os = "linux")]
     if huge_pages_wanted() {
         let start = values.as_ptr() as usize;
-        let end = start + len * std::mem::size_of::<T>();
-        let (first, last) = (
-            start.next_multiple_of(HUGE_PAGE),
-            end / HUGE_PAGE * HUGE_PAGE,
-        );
-        if last > first {
-            // SAFETY: whole pages inside the vector's own unused allocation; the advice only
-            // changes how the pages are backed when first touched.
-            unsafe {
-                libc::madvise(
-                    first as *mut libc::c_void,
-                    last - first,
-                    libc::MADV_HUGEPAGE,
-                )
-            };
-        }
+        // SAFETY: the vector's own allocation, not yet written.
+        unsafe { advise_huge_pages(start, start + len * std::mem::size_of::<T>()) };
     }
     values
+}
+
+/// Marks the whole 2 MiB pages inside `start..end` for huge pages (`MADV_HUGEPAGE`): only
+/// whole ones, since a partly used huge page at either end would hold memory nothing uses.
+/// A refusal only means 4 KiB pages.
+///
+/// # Safety
+/// `start..end` must be memory this process owns (the advice changes how pages not yet
+/// touched will be backed, never their contents).
+unsafe fn advise_huge_pages(start: usize, end: usize) {
+    let (first, last) = (
+        start.next_multiple_of(HUGE_PAGE),
+        end / HUGE_PAGE * HUGE_PAGE,
+    );
+    #[cfg(target_os = "linux")]
+    if last > first
+        && libc::madvise(
+            first as *mut libc::c_void,
+            last - first,
+            libc::MADV_HUGEPAGE,
+        ) != 0
+    {
+        tracing::debug!(err = %std::io::Error::last_os_error(), "MADV_HUGEPAGE refused");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (first, last);
 }
 
 /// One anonymous mapping, 2 MiB aligned.
@@ -117,16 +128,8 @@ impl Region {
         let offset = (HUGE_PAGE - mapped as usize % HUGE_PAGE) % HUGE_PAGE;
         // SAFETY: `offset < HUGE_PAGE`, so `ptr..ptr + len` lies inside the mapping.
         let ptr = unsafe { mapped.add(offset) };
-        // Huge pages only where a whole one fits: a partly used one at the end would hold up
-        // to 2 MiB of memory no weight uses.
-        let whole = len / HUGE_PAGE * HUGE_PAGE;
-        #[cfg(target_os = "linux")]
-        if whole > 0 {
-            // SAFETY: an aligned range inside the mapping; failure only means 4 KiB pages.
-            if unsafe { libc::madvise(ptr.cast(), whole, libc::MADV_HUGEPAGE) } != 0 {
-                tracing::debug!(err = %std::io::Error::last_os_error(), "MADV_HUGEPAGE refused");
-            }
-        }
+        // SAFETY: `ptr..ptr + len` lies inside the fresh mapping.
+        unsafe { advise_huge_pages(ptr as usize, ptr as usize + len) };
         Ok(Region {
             ptr,
             len,

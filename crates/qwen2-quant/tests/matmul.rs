@@ -180,17 +180,14 @@ fn row_blocks_give_the_bytes_of_from_f32_and_a_short_read_is_an_error() {
     };
     // One arena with room for both matrices and a third that does not fit (it gets memory of
     // its own).
-    let arena = qwen2_quant::WeightArena::for_sizes([
-        rows * cols / 32 * 34,
-        rows * cols / 256 * 144,
-    ])
-    .unwrap();
+    let arena =
+        qwen2_quant::WeightArena::for_sizes([rows * cols / 32 * 34, rows * cols / 256 * 144])
+            .unwrap();
     for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q8_0] {
         let blocks = QuantMatrix::from_row_blocks(ty, rows, cols, read).unwrap();
         let whole = QuantMatrix::from_f32(ty, rows, cols, &values).unwrap();
         assert_eq!(blocks.data(), whole.data(), "{ty}");
-        let in_arena =
-            QuantMatrix::from_row_blocks_in(Some(&arena), ty, rows, cols, read).unwrap();
+        let in_arena = QuantMatrix::from_row_blocks_in(Some(&arena), ty, rows, cols, read).unwrap();
         assert_eq!(in_arena.data(), whole.data(), "{ty} in an arena");
     }
     assert_eq!(arena.remaining(), 0);

@@ -63,10 +63,10 @@ impl GgufTensors {
                 if !qwen2_quant::huge_pages_wanted() {
                     return None;
                 }
-                let sizes = self.model.tensors().filter_map(|view| {
-                    let used = self.entries.values().any(|e| e.gguf_name == view.name());
+                let sizes = self.entries.values().filter_map(|e| {
+                    let view = self.model.tensor(&e.gguf_name).ok()?;
                     let quantized = qwen2_quant::SUPPORTED_WEIGHT_TYPES.contains(&view.ggml_type());
-                    (used && quantized).then(|| view.data().len())
+                    quantized.then(|| view.data().len())
                 });
                 match qwen2_quant::WeightArena::for_sizes(sizes) {
                     Ok(arena) => Some(arena),
