@@ -19,6 +19,7 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
 /// `make_qkx2_quants`: scale and minimum for values `x` quantized to `0..=nmax` with a
 /// weighted search over scales; writes the levels to `levels`. Returns `(scale, -min)`.
 #[allow(clippy::too_many_arguments)]
+#[cfg(test)]
 fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
@@ -153,6 +154,79 @@ fn make_qx_quants_rmse1(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
 
 /// One Q4_K super-block (`quantize_row_q4_K_ref`): `d, dmin, scales[12], qs[128]`.
 pub(super) fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
+    let mut levels = [0u8; 256];
+    let mut weights = [0f32; 256];
+    for (xs, ws) in x.chunks_exact(32).zip(weights.chunks_exact_mut(32)) {
+        let mut sum_x2 = 0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, &v) in ws.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+    }
+    let found = super::k_lanes::make_qkx2_quants_x8(&x[..256], &weights, &mut levels);
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let mut max_scale = 0f32;
+    let mut max_min = 0f32;
+    for (j, &(scale, min)) in found.iter().enumerate() {
+        scales[j] = scale;
+        mins[j] = min;
+        if scale > max_scale {
+            max_scale = scale;
+        }
+        if min > max_min {
+            max_min = min;
+        }
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let packed = &mut out[4..16];
+    for j in 0..8 {
+        // `uint8_t ls = nearest_int(...)` wraps like `as u8` before the MIN.
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    put_f16(out, max_scale / 63.0);
+    put_f16(&mut out[2..], max_min / 63.0);
+    let (d_all, dmin_all) = (f16_at(out, 0), f16_at(out, 2));
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &out[4..16]);
+        let d = d_all * f32::from(sc);
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin_all * f32::from(m);
+        for i in 32 * j..32 * j + 32 {
+            levels[i] = nearest_int((x[i] + dm) / d).clamp(0, 15) as u8;
+        }
+    }
+    let qs = &mut out[16..144];
+    for chunk in 0..4 {
+        for l in 0..32 {
+            qs[32 * chunk + l] = levels[64 * chunk + l] | (levels[64 * chunk + l + 32] << 4);
+        }
+    }
+}
+
+/// [`quantize_q4_k`] with the scalar `make_qkx2_quants`, sub-block by sub-block: the
+/// transcription the lane version is checked against.
+#[cfg(test)]
+pub(super) fn quantize_q4_k_scalar(x: &[f32], out: &mut [u8]) {
     let mut levels = [0u8; 256];
     let mut levels_aux = [0u8; 32];
     let mut weights = [0f32; 32];

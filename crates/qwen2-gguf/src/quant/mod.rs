@@ -6,6 +6,7 @@
 //!   `quantize_row_q6_K_ref`, i.e. without an importance matrix), with the same f32 operations
 //!   in the same order as the C code compiled without FMA contraction.
 
+mod k_lanes;
 mod k_quants;
 mod legacy;
 
