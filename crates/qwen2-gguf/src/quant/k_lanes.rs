@@ -1,10 +1,14 @@
 //! [`make_qkx2_quants_x8`]: llama.cpp's `make_qkx2_quants` for the eight 32-value sub-blocks of
-//! a Q4_K super-block at once, one sub-block per lane.
+//! a Q4_K super-block at once, one sub-block per lane; [`make_qx_quants_x16`]: `make_qx_quants`
+//! for the sixteen sub-blocks of a Q6_K super-block.
 //!
 //! Each lane runs exactly the scalar reference's f32 operations in the reference's order (its
 //! sums stay sequential over the 32 values), so the results are bit-identical; the eight
 //! independent chains only let the CPU overlap them, and the compiler vectorize across lanes.
 //! The scalar version took 60% of a `--quantize q4_k` load.
+//!
+//! The sub-block loops the compiler turns into vector code are written lane-major (`[value][lane]`
+//! arrays); an x86-64 CPU with AVX2 runs a copy compiled for it.
 
 use super::k_quants::nearest_int;
 
@@ -151,9 +155,107 @@ fn x8(x: &[f32], weights: &[f32], levels: &mut [u8]) -> [(f32, f32); L] {
     })
 }
 
+/// `make_qx_quants(32, x_j, levels_j, rmse_type = 1, no weights)` for the sixteen 16-value
+/// sub-blocks `j` of a Q6_K super-block (`x`: 256 values, sub-block `j` at `16 j..16 j + 16`),
+/// one per lane, each lane the reference's operations in its order: writes `level + 32` of
+/// sub-block `j` to `levels[16 j..16 j + 16]` and returns the sixteen scales.
+pub(super) fn make_qx_quants_x16(x: &[f32], levels: &mut [i8]) -> [f32; 16] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { x16_avx2(x, levels) };
+    }
+    x16(x, levels)
+}
+
+/// [`x16`] compiled for AVX2 (the same IEEE operations, so the same bits).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn x16_avx2(x: &[f32], levels: &mut [i8]) -> [f32; 16] {
+    x16(x, levels)
+}
+
+/// The body of [`make_qx_quants_x16`].
+#[inline(always)]
+fn x16(x: &[f32], levels: &mut [i8]) -> [f32; 16] {
+    const LANES: usize = 16;
+    const VALUES: usize = 16;
+    const NMAX: i32 = 32;
+    const GROUP_MAX_EPS: f32 = 1e-15;
+    let xt: [[f32; LANES]; VALUES] =
+        std::array::from_fn(|i| std::array::from_fn(|j| x[VALUES * j + i]));
+    let mut max = [0f32; LANES];
+    let mut amax = [0f32; LANES];
+    for row in &xt {
+        for j in 0..LANES {
+            if row[j].abs() > amax[j] {
+                amax[j] = row[j].abs();
+                max[j] = row[j];
+            }
+        }
+    }
+    let flat: [bool; LANES] = std::array::from_fn(|j| amax[j] < GROUP_MAX_EPS);
+    let level_of = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-NMAX, NMAX - 1);
+    // Levels and sums at `iscale` per lane.
+    let sums = |iscale: &[f32; LANES], lv: &mut [[i8; LANES]; VALUES]| {
+        let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
+        for (row, lv) in xt.iter().zip(lv.iter_mut()) {
+            for j in 0..LANES {
+                let l = level_of(iscale[j], row[j]);
+                lv[j] = (l + NMAX) as i8;
+                let (v, l) = (row[j], l as f32);
+                let w = v * v;
+                sumlx[j] += w * v * l;
+                suml2[j] += w * l * l;
+            }
+        }
+        (sumlx, suml2)
+    };
+    let mut best_levels = [[0i8; LANES]; VALUES];
+    let mut candidate = [[0i8; LANES]; VALUES];
+    let iscale: [f32; LANES] = std::array::from_fn(|j| -(NMAX as f32) / max[j]);
+    let (sumlx, suml2) = sums(&iscale, &mut best_levels);
+    let mut scale: [f32; LANES] = std::array::from_fn(|j| {
+        if suml2[j] != 0.0 {
+            sumlx[j] / suml2[j]
+        } else {
+            0.0
+        }
+    });
+    let mut best: [f32; LANES] = std::array::from_fn(|j| scale[j] * sumlx[j]);
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        let iscale: [f32; LANES] =
+            std::array::from_fn(|j| -(NMAX as f32 + 0.1 * is as f32) / max[j]);
+        let (sumlx, suml2) = sums(&iscale, &mut candidate);
+        for j in 0..LANES {
+            if suml2[j] > 0.0 && sumlx[j] * sumlx[j] > best[j] * suml2[j] {
+                for (b, c) in best_levels.iter_mut().zip(&candidate) {
+                    b[j] = c[j];
+                }
+                scale[j] = sumlx[j] / suml2[j];
+                best[j] = scale[j] * sumlx[j];
+            }
+        }
+    }
+    for j in 0..LANES {
+        for i in 0..VALUES {
+            levels[VALUES * j + i] = if flat[j] { 0 } else { best_levels[i][j] };
+        }
+    }
+    std::array::from_fn(|j| if flat[j] { 0.0 } else { scale[j] })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::k_quants::{quantize_q4_k, quantize_q4_k_scalar};
+    use super::super::k_quants::{
+        quantize_q4_k, quantize_q4_k_scalar, quantize_q6_k, quantize_q6_k_scalar,
+    };
 
     /// xorshift64*, as f32 in [-1, 1).
     struct Rng(u64);
@@ -211,12 +313,16 @@ mod tests {
     }
 
     #[test]
-    fn eight_lanes_give_the_bytes_of_the_scalar_reference() {
+    fn lanes_give_the_bytes_of_the_scalar_references() {
         for (n, x) in cases().iter().enumerate() {
             let (mut lanes, mut scalar) = ([0u8; 144], [0u8; 144]);
             quantize_q4_k(x, &mut lanes);
             quantize_q4_k_scalar(x, &mut scalar);
             assert_eq!(lanes, scalar, "case {n}");
+            let (mut lanes, mut scalar) = ([0u8; 210], [0u8; 210]);
+            quantize_q6_k(x, &mut lanes);
+            quantize_q6_k_scalar(x, &mut scalar);
+            assert_eq!(lanes, scalar, "q6_k case {n}");
         }
     }
 }

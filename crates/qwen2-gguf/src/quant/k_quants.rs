@@ -104,6 +104,7 @@ fn make_qkx2_quants(
 
 /// `make_qx_quants` with `rmse_type = 1` and no importance weights (weights `x²`): a signed
 /// scale for `x` quantized to `-nmax..nmax`; writes `level + nmax` to `levels`.
+#[cfg(test)]
 fn make_qx_quants_rmse1(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
     let mut max = 0f32;
     let mut amax = 0f32;
@@ -308,6 +309,57 @@ pub(super) fn quantize_q4_k_scalar(x: &[f32], out: &mut [u8]) {
 
 /// One Q6_K super-block (`quantize_row_q6_K_ref`): `ql[128], qh[64], scales:i8[16], d`.
 pub(super) fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
+    let mut levels = [0i8; 256];
+    let mut scales = [0f32; 16];
+    let mut max_scale = 0f32;
+    let mut max_abs_scale = 0f32;
+    let found = super::k_lanes::make_qx_quants_x16(&x[..256], &mut levels);
+    for (scale, found) in scales.iter_mut().zip(found) {
+        *scale = found;
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = *scale;
+        }
+    }
+    out.fill(0);
+    if max_abs_scale < GROUP_MAX_EPS {
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    put_f16(&mut out[208..], 1.0 / iscale);
+    for (ib, &scale) in scales.iter().enumerate() {
+        out[192 + ib] = nearest_int(iscale * scale).min(127) as i8 as u8;
+    }
+    let d_all = f16_at(out, 208);
+    for j in 0..16 {
+        let d = d_all * f32::from(out[192 + j] as i8);
+        if d == 0.0 {
+            continue;
+        }
+        for i in 16 * j..16 * j + 16 {
+            levels[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
+        }
+    }
+    let (ql, rest) = out.split_at_mut(128);
+    let qh = &mut rest[..64];
+    for half in 0..2 {
+        let (l0, ql0, qh0) = (128 * half, 64 * half, 32 * half);
+        for l in 0..32 {
+            let level = |k: usize| levels[l0 + l + 32 * k] as u8;
+            ql[ql0 + l] = (level(0) & 0x0F) | ((level(2) & 0x0F) << 4);
+            ql[ql0 + l + 32] = (level(1) & 0x0F) | ((level(3) & 0x0F) << 4);
+            qh[qh0 + l] = (level(0) >> 4)
+                | ((level(1) >> 4) << 2)
+                | ((level(2) >> 4) << 4)
+                | ((level(3) >> 4) << 6);
+        }
+    }
+}
+
+/// [`quantize_q6_k`] with the scalar `make_qx_quants`, sub-block by sub-block: the
+/// transcription the lane version is checked against.
+#[cfg(test)]
+pub(super) fn quantize_q6_k_scalar(x: &[f32], out: &mut [u8]) {
     let mut levels = [0i8; 256];
     let mut scales = [0f32; 16];
     let mut max_scale = 0f32;
