@@ -153,75 +153,27 @@ fn make_qx_quants_rmse1(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
     scale
 }
 
+/// The weights of a Q4_K sub-block search: `av_x + |x|` with `av_x` the RMS of the 32 values.
+fn q4_k_weights(xs: &[f32], weights: &mut [f32]) {
+    let mut sum_x2 = 0f32;
+    for &v in xs {
+        sum_x2 += v * v;
+    }
+    let av_x = (sum_x2 / 32.0).sqrt();
+    for (w, &v) in weights.iter_mut().zip(xs) {
+        *w = av_x + v.abs();
+    }
+}
+
 /// One Q4_K super-block (`quantize_row_q4_K_ref`): `d, dmin, scales[12], qs[128]`.
 pub(super) fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
     let mut levels = [0u8; 256];
     let mut weights = [0f32; 256];
     for (xs, ws) in x.chunks_exact(32).zip(weights.chunks_exact_mut(32)) {
-        let mut sum_x2 = 0f32;
-        for &v in xs {
-            sum_x2 += v * v;
-        }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, &v) in ws.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
-        }
+        q4_k_weights(xs, ws);
     }
     let found = super::k_lanes::make_qkx2_quants_x8(&x[..256], &weights, &mut levels);
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
-    let mut max_scale = 0f32;
-    let mut max_min = 0f32;
-    for (j, &(scale, min)) in found.iter().enumerate() {
-        scales[j] = scale;
-        mins[j] = min;
-        if scale > max_scale {
-            max_scale = scale;
-        }
-        if min > max_min {
-            max_min = min;
-        }
-    }
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
-    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let packed = &mut out[4..16];
-    for j in 0..8 {
-        // `uint8_t ls = nearest_int(...)` wraps like `as u8` before the MIN.
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-        if j < 4 {
-            packed[j] = ls;
-            packed[j + 4] = lm;
-        } else {
-            packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
-            packed[j - 4] |= (ls >> 4) << 6;
-            packed[j] |= (lm >> 4) << 6;
-        }
-    }
-    put_f16(out, max_scale / 63.0);
-    put_f16(&mut out[2..], max_min / 63.0);
-    let (d_all, dmin_all) = (f16_at(out, 0), f16_at(out, 2));
-    for j in 0..8 {
-        let (sc, m) = scale_min_k4(j, &out[4..16]);
-        let d = d_all * f32::from(sc);
-        if d == 0.0 {
-            continue;
-        }
-        let dm = dmin_all * f32::from(m);
-        for i in 32 * j..32 * j + 32 {
-            levels[i] = nearest_int((x[i] + dm) / d).clamp(0, 15) as u8;
-        }
-    }
-    let qs = &mut out[16..144];
-    for chunk in 0..4 {
-        for l in 0..32 {
-            qs[32 * chunk + l] = levels[64 * chunk + l] | (levels[64 * chunk + l + 32] << 4);
-        }
-    }
+    pack_q4_k(x, found, &mut levels, out);
 }
 
 /// [`quantize_q4_k`] with the scalar `make_qkx2_quants`, sub-block by sub-block: the
@@ -231,21 +183,11 @@ pub(super) fn quantize_q4_k_scalar(x: &[f32], out: &mut [u8]) {
     let mut levels = [0u8; 256];
     let mut levels_aux = [0u8; 32];
     let mut weights = [0f32; 32];
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
-    let mut max_scale = 0f32;
-    let mut max_min = 0f32;
-    for j in 0..8 {
+    let mut found = [(0f32, 0f32); 8];
+    for (j, found) in found.iter_mut().enumerate() {
         let xs = &x[32 * j..32 * j + 32];
-        let mut sum_x2 = 0f32;
-        for &v in xs {
-            sum_x2 += v * v;
-        }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, &v) in weights.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
-        }
-        let (scale, min) = make_qkx2_quants(
+        q4_k_weights(xs, &mut weights);
+        *found = make_qkx2_quants(
             15,
             xs,
             &weights,
@@ -256,8 +198,17 @@ pub(super) fn quantize_q4_k_scalar(x: &[f32], out: &mut [u8]) {
             20,
             false,
         );
-        scales[j] = scale;
-        mins[j] = min;
+    }
+    pack_q4_k(x, found, &mut levels, out);
+}
+
+/// The rest of `quantize_row_q4_K_ref` once each sub-block has its `(scale, -min)` and levels:
+/// the 6-bit scales and mins, `d` and `dmin`, the levels again against the rounded scales, and
+/// the nibbles.
+fn pack_q4_k(x: &[f32], found: [(f32, f32); 8], levels: &mut [u8; 256], out: &mut [u8]) {
+    let mut max_scale = 0f32;
+    let mut max_min = 0f32;
+    for &(scale, min) in &found {
         if scale > max_scale {
             max_scale = scale;
         }
@@ -272,10 +223,10 @@ pub(super) fn quantize_q4_k_scalar(x: &[f32], out: &mut [u8]) {
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let packed = &mut out[4..16];
-    for j in 0..8 {
+    for (j, &(scale, min)) in found.iter().enumerate() {
         // `uint8_t ls = nearest_int(...)` wraps like `as u8` before the MIN.
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        let ls = (nearest_int(inv_scale * scale) as u8).min(63);
+        let lm = (nearest_int(inv_min * min) as u8).min(63);
         if j < 4 {
             packed[j] = ls;
             packed[j + 4] = lm;
@@ -310,50 +261,8 @@ pub(super) fn quantize_q4_k_scalar(x: &[f32], out: &mut [u8]) {
 /// One Q6_K super-block (`quantize_row_q6_K_ref`): `ql[128], qh[64], scales:i8[16], d`.
 pub(super) fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
     let mut levels = [0i8; 256];
-    let mut scales = [0f32; 16];
-    let mut max_scale = 0f32;
-    let mut max_abs_scale = 0f32;
-    let found = super::k_lanes::make_qx_quants_x16(&x[..256], &mut levels);
-    for (scale, found) in scales.iter_mut().zip(found) {
-        *scale = found;
-        if scale.abs() > max_abs_scale {
-            max_abs_scale = scale.abs();
-            max_scale = *scale;
-        }
-    }
-    out.fill(0);
-    if max_abs_scale < GROUP_MAX_EPS {
-        return;
-    }
-    let iscale = -128.0 / max_scale;
-    put_f16(&mut out[208..], 1.0 / iscale);
-    for (ib, &scale) in scales.iter().enumerate() {
-        out[192 + ib] = nearest_int(iscale * scale).min(127) as i8 as u8;
-    }
-    let d_all = f16_at(out, 208);
-    for j in 0..16 {
-        let d = d_all * f32::from(out[192 + j] as i8);
-        if d == 0.0 {
-            continue;
-        }
-        for i in 16 * j..16 * j + 16 {
-            levels[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
-        }
-    }
-    let (ql, rest) = out.split_at_mut(128);
-    let qh = &mut rest[..64];
-    for half in 0..2 {
-        let (l0, ql0, qh0) = (128 * half, 64 * half, 32 * half);
-        for l in 0..32 {
-            let level = |k: usize| levels[l0 + l + 32 * k] as u8;
-            ql[ql0 + l] = (level(0) & 0x0F) | ((level(2) & 0x0F) << 4);
-            ql[ql0 + l + 32] = (level(1) & 0x0F) | ((level(3) & 0x0F) << 4);
-            qh[qh0 + l] = (level(0) >> 4)
-                | ((level(1) >> 4) << 2)
-                | ((level(2) >> 4) << 4)
-                | ((level(3) >> 4) << 6);
-        }
-    }
+    let scales = super::k_lanes::make_qx_quants_x16(&x[..256], &mut levels);
+    pack_q6_k(x, scales, &mut levels, out);
 }
 
 /// [`quantize_q6_k`] with the scalar `make_qx_quants`, sub-block by sub-block: the
@@ -362,14 +271,22 @@ pub(super) fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
 pub(super) fn quantize_q6_k_scalar(x: &[f32], out: &mut [u8]) {
     let mut levels = [0i8; 256];
     let mut scales = [0f32; 16];
-    let mut max_scale = 0f32;
-    let mut max_abs_scale = 0f32;
     for (ib, scale) in scales.iter_mut().enumerate() {
         let range = 16 * ib..16 * ib + 16;
         *scale = make_qx_quants_rmse1(32, &x[range.clone()], &mut levels[range]);
+    }
+    pack_q6_k(x, scales, &mut levels, out);
+}
+
+/// The rest of `quantize_row_q6_K_ref` once each sub-block has its scale and levels: the 8-bit
+/// scales and `d`, the levels again against the rounded scales, and the low and high bits.
+fn pack_q6_k(x: &[f32], scales: [f32; 16], levels: &mut [i8; 256], out: &mut [u8]) {
+    let mut max_scale = 0f32;
+    let mut max_abs_scale = 0f32;
+    for &scale in &scales {
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();
-            max_scale = *scale;
+            max_scale = scale;
         }
     }
     out.fill(0);
