@@ -150,13 +150,18 @@ fn shared_and_borrowed_buffers_work() {
     assert!(qwen2_quant::WeightBytes::new(owner, 0..10_000).is_err());
 }
 
+/// `n` values spread over [-1, 1] in a fixed scrambled order (multiples of 1/1000).
+fn spread_values(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
 #[test]
 fn from_f32_quantizes_rows_in_parallel_to_the_bytes_of_one_whole_call() {
     // 600 rows of 256: three parallel chunks of rows, the last one short.
     let (rows, cols) = (600usize, 256usize);
-    let values: Vec<f32> = (0..rows * cols)
-        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0 - 1.0)
-        .collect();
+    let values = spread_values(rows * cols);
     for ty in [
         GgmlType::Q8_0,
         GgmlType::Q5_0,
@@ -171,9 +176,7 @@ fn from_f32_quantizes_rows_in_parallel_to_the_bytes_of_one_whole_call() {
 #[test]
 fn row_blocks_give_the_bytes_of_from_f32_and_a_short_read_is_an_error() {
     let (rows, cols) = (600usize, 256usize);
-    let values: Vec<f32> = (0..rows * cols)
-        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0 - 1.0)
-        .collect();
+    let values = spread_values(rows * cols);
     let read = |r: std::ops::Range<usize>, out: &mut Vec<f32>| {
         out.clear();
         out.extend_from_slice(&values[r.start * cols..r.end * cols]);
