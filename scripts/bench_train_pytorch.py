@@ -5,7 +5,7 @@ optimizer and schedule; the wall time of every optimizer step; prints one JSON l
 
     python3 scripts/bench_train_pytorch.py --model DIR --data FILE.jsonl --steps N --batch-size B
         [--grad-accum 1] [--lora --lora-r 8 --lora-alpha 16] [--precision f32|bf16] [--lr 2e-4]
-        [--threads N] [--max-seq-len L]
+        [--threads N] [--max-seq-len L] [--attn sdpa|eager]
 
 DIR is an HF Qwen2 model directory; FILE.jsonl holds pre-tokenized records
 {"input_ids": [...], "labels": [...]} (label -100 = no loss; labels default to input_ids), one
@@ -24,7 +24,8 @@ Training semantics (those of scripts/make_train_fixtures.py and the qwen2-train 
     eps 1e-8, weight_decay 0); transformers' "cosine" schedule without warmup over --steps steps.
   - full fine-tuning: every parameter trainable, f32. LoRA: peft LoraConfig(r, alpha, dropout 0,
     q/k/v/o/gate/up/down_proj), only the adapters trainable, base weights f32.
-  - attention: attn_implementation="eager" (the same math as ours).
+  - attention: --attn, default "sdpa" (transformers' default: what a PyTorch user gets);
+    "eager" is the same math as ours, op for op.
 
 Measured: time.perf_counter around each whole optimizer step (collation, forward, backward,
 clipping, AdamW, schedule; as qwen2-train's StepRecord.seconds), tokens per step = non-padding
@@ -127,7 +128,7 @@ def load_model(args):
         config = AutoConfig.from_pretrained(args.model)
         # f32 master weights in both precisions (bf16 is autocast, see train_step).
         model = AutoModelForCausalLM.from_pretrained(
-            args.model, config=config, dtype=torch.float32, attn_implementation="eager"
+            args.model, config=config, dtype=torch.float32, attn_implementation=args.attn
         )
     except Exception as e:  # missing directory, bad config, missing or broken weights
         fail(f"cannot load the model from {args.model}: {type(e).__name__}: {e}")
@@ -195,6 +196,8 @@ def main():
     ap.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=0, help="0: os.cpu_count()")
+    ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa",
+                    help="attention implementation (default sdpa, transformers' default)")
     ap.add_argument("--max-seq-len", type=int, default=0,
                     help="truncate longer records (0: min(1024, max_position_embeddings), as qwen2 finetune)")
     args = ap.parse_args()

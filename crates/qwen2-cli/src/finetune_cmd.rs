@@ -171,6 +171,10 @@ pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
         None => None,
     };
     let mut trainer = Trainer::<Autodiff<P::B>>::new(opts, &device)?;
+    // QWEN2_TRAIN_KERNELS=generic trains on burn's generic graph and ops (for comparisons).
+    if std::env::var("QWEN2_TRAIN_KERNELS").as_deref() != Ok("generic") {
+        trainer = trainer.with_kernels(P::training_kernels());
+    }
     let data = trainer.dataset();
     eprintln!(
         "fine-tuning {} ({}, {}) on {} records of {}{}: {} steps from step {}, {} trained tensors ({} values), backend {}",

@@ -20,6 +20,7 @@ pub mod precision;
 pub mod sampling;
 pub mod source;
 pub mod text;
+pub mod train_kernels;
 pub mod weights;
 
 pub use config::Qwen2Config;

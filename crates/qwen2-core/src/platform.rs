@@ -6,6 +6,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::model::{FusedKernels, MatmulKernel, Qwen2Model, WeightQuantization};
 use crate::precision::{Hardware, PolicyTable, PrecisionPlan};
+use crate::train_kernels::TrainingKernels;
+use burn::backend::Autodiff;
 
 /// Device memory as a GPU backend's allocator reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -48,6 +50,12 @@ pub trait Platform {
     /// This backend's fused SwiGLU, RoPE and attention, if it has them (see [`FusedKernels`]).
     fn fused_kernels() -> Option<Arc<dyn FusedKernels<Self::B>>> {
         None
+    }
+
+    /// This backend's kernels for fine-tuning on `Autodiff<Self::B>` (see [`TrainingKernels`]);
+    /// none by default: training runs burn's generic graph and the generic optimizer.
+    fn training_kernels() -> TrainingKernels<Autodiff<Self::B>> {
+        TrainingKernels::default()
     }
 
     /// Whether projection weights can stay quantized in memory on this backend (its

@@ -58,7 +58,7 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
 /// The logistic function as burn-flex computes it (`1 / (1 + e^-x)` for `x >= 0`, `e^x / (1 +
 /// e^x)` below), with [`exp_nonpositive`] for the exponential.
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     let e = exp_nonpositive(-x.abs());
     let s = 1.0 / (1.0 + e);
     if x >= 0.0 {

@@ -9,6 +9,7 @@ mod gemv;
 mod host;
 mod matmul;
 mod norm;
+pub mod train;
 
 use burn_flex::{Flex, FlexDevice};
 use qwen2_core::precision::{
@@ -85,6 +86,11 @@ impl Platform for Cpu {
 
     fn multiplies_quantized() -> bool {
         true
+    }
+
+    fn training_kernels(
+    ) -> qwen2_core::train_kernels::TrainingKernels<burn::backend::Autodiff<Flex>> {
+        train::kernels()
     }
 
     fn fused_kernels() -> Option<std::sync::Arc<dyn qwen2_core::model::FusedKernels<Flex>>> {

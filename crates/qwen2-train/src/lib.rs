@@ -22,6 +22,7 @@ pub mod save;
 pub mod scaler;
 pub mod schedule;
 pub mod trainer;
+mod update;
 
 pub use burn::backend::Autodiff;
 pub use error::{Result, TrainError};

@@ -2,6 +2,7 @@
 //! accumulation, global-norm clipping, AdamW and the LR schedule, with HF Trainer's semantics.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::prelude::{Int, Tensor};
@@ -10,21 +11,23 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::cast::ToElement;
 use burn::tensor::{FloatDType, TensorData};
 use qwen2_core::adapter::Adapter;
-use qwen2_core::model::{context_length, Batch, Qwen2Model, WeightKind, WeightMut};
+use qwen2_core::model::{context_length, Batch, FusedKernels, Qwen2Model, WeightKind, WeightMut};
 use qwen2_core::monitor::locate_nonfinite;
 use qwen2_core::observe::{NoObserver, Observer, Site};
 use qwen2_core::text::{ChatTemplate, GenerationConfig, TextTokenizer};
+use qwen2_core::train_kernels::TrainingKernels;
 use qwen2_core::Qwen2Config;
 
 use crate::anomaly::{first_nonfinite, AnomalyProbes, GradProbe, GradStats, WatchBoth};
 use crate::batches::{BatchPlan, MicroBatch};
 use crate::data::{Dataset, TextPipeline};
 use crate::error::{Result, TrainError};
-use crate::optim::{clip_factor, finite_and_norm, Moments};
+use crate::optim::{clip_factor, Moments};
 use crate::options::{FinetuneOptions, Length, TrainPrecision};
 use crate::records::{RunState, StepRecord};
 use crate::run::{check_options, check_writable};
 use crate::scaler::LossScaler;
+use crate::update::{apply_adamw, grad_stats, OptimKernel};
 use crate::{checkpoint, lora};
 
 /// Whether a weight of `kind` is trained: base weights in full fine-tuning, adapters under LoRA.
@@ -54,6 +57,10 @@ pub struct Trainer<B: GradProbe> {
     pub(crate) state: RunState,
     /// `--detect-anomaly`: the first non-finite gradient site of the current step.
     pub(crate) anomaly: Option<(GradStats, f32, Option<Site>)>,
+    /// The backend's one-pass AdamW, if it has one.
+    pub(crate) optimizer: OptimKernel<B>,
+    /// The backend's fused ops (the loss), if it has them.
+    pub(crate) fused: Option<Arc<dyn FusedKernels<B>>>,
 }
 
 impl<B: GradProbe> Trainer<B> {
@@ -155,6 +162,8 @@ impl<B: GradProbe> Trainer<B> {
             step: 0,
             params,
             anomaly: None,
+            optimizer: None,
+            fused: None,
             state: RunState {
                 applied: 0,
                 skipped_total: 0,
@@ -177,6 +186,22 @@ impl<B: GradProbe> Trainer<B> {
             "fine-tuning ready"
         );
         Ok(trainer)
+    }
+
+    /// Runs the training on a backend's own kernels (see [`TrainingKernels`];
+    /// `Platform::training_kernels` gives a backend's): its products and fused ops with their
+    /// backward passes, and its one-pass AdamW. The numbers stay those of the generic graph
+    /// within the training tests' tolerances.
+    pub fn with_kernels(mut self, kernels: TrainingKernels<B>) -> Self {
+        if let Some(k) = kernels.matmul {
+            self.model.set_matmul_kernel(k);
+        }
+        if let Some(k) = kernels.fused {
+            self.model.set_fused_kernels(k.clone());
+            self.fused = Some(k);
+        }
+        self.optimizer = kernels.optimizer;
+        self
     }
 
     /// The model being trained.
@@ -349,6 +374,14 @@ impl<B: GradProbe> Trainer<B> {
             .model
             .head(hidden.select(0, positions), obs)
             .cast(FloatDType::F32);
+        let ids: Vec<u32> = mb.targets.iter().map(|&(_, t)| t).collect();
+        if let Some(sum) = self
+            .fused
+            .as_ref()
+            .and_then(|k| k.cross_entropy_sum(&logits, &ids))
+        {
+            return Ok(sum);
+        }
         let picked = log_softmax(logits, 1).gather(1, targets);
         Ok(picked.sum().neg())
     }
@@ -366,14 +399,9 @@ impl<B: GradProbe> Trainer<B> {
         if !loss.is_finite() {
             return Err(self.nonfinite_forward(step, &micro));
         }
-        if let Some(s) = &self.state.scaler {
-            let inv = s.inv_scale() as f64;
-            for g in grads.iter_mut().flatten() {
-                *g = g.clone() * inv;
-            }
-        }
-        let present: Vec<Tensor<B::InnerBackend, 1>> = grads.iter().flatten().cloned().collect();
-        let (finite, grad_norm) = finite_and_norm(&present);
+        let unscale = self.state.scaler.map(|s| s.inv_scale() as f64);
+        let (finite, grad_norm, unscale) =
+            grad_stats(self.optimizer.as_deref(), &mut grads, unscale);
         let lr = self.lr_at(self.state.applied);
         let record = |skipped: bool, state: &RunState| StepRecord {
             step: step + 1,
@@ -422,37 +450,18 @@ impl<B: GradProbe> Trainer<B> {
         }
         self.state.skipped_in_a_row = 0;
         let clip = clip_factor(grad_norm, self.opts.max_grad_norm);
-        let adamw = self.opts.adamw;
-        let full = self.opts.lora.is_none();
-        let t = self.state.applied + 1;
-        let params = &mut self.params;
-        let mut i = 0;
-        self.model.visit_weights(&mut |name, kind, w| {
-            if !is_trained(kind, full) {
-                return;
-            }
-            debug_assert_eq!(params[i].0, name);
-            if let Some(g) = grads[i].take() {
-                let g = match clip {
-                    Some(c) => g * c,
-                    None => g,
-                };
-                let state = &mut params[i].1;
-                match w {
-                    WeightMut::Vector(w) => {
-                        let p = adamw.update(w.clone().inner(), g, state, lr, t);
-                        *w = Tensor::from_inner(p).require_grad();
-                    }
-                    WeightMut::Matrix(w) => {
-                        let shape = w.shape();
-                        let p = w.clone().inner().flatten::<1>(0, 1);
-                        let p = adamw.update(p, g, state, lr, t);
-                        *w = Tensor::from_inner(p.reshape(shape)).require_grad();
-                    }
-                }
-            }
-            i += 1;
-        });
+        let lr_t = (lr, self.state.applied + 1);
+        apply_adamw(
+            &mut self.model,
+            &mut self.params,
+            &mut grads,
+            self.optimizer.as_deref(),
+            &self.opts.adamw,
+            self.opts.lora.is_none(),
+            lr_t,
+            unscale,
+            clip,
+        );
         self.step += 1;
         self.state.applied += 1;
         Ok(StepRecord {

@@ -194,6 +194,14 @@ impl<B: Backend> Attention<B> {
         rope: &Rope<B>,
         plan: &PrecisionPlan,
     ) -> Tensor<B, 2> {
+        let fused = self.kernels.as_ref().and_then(|kern| {
+            kern.attention_rows(
+                &q, &k, &v, rows, self.heads, start, &rope.cos, &rope.sin, plan,
+            )
+        });
+        if let Some(out) = fused {
+            return out;
+        }
         let (b, seq) = (rows.batch(), rows.seq());
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor<B, 2>, n: usize| t.reshape([b, seq, n, d]).swap_dims(1, 2);

@@ -42,6 +42,36 @@ pub trait FusedKernels<B: Backend>: Send + Sync {
         false
     }
 
+    /// Self-attention of rows without a cache (training, scoring), RoPE included: `q`
+    /// `[batch * seq, heads * head_dim]`, `k`/`v` `[batch * seq, kv_heads * head_dim]` as the
+    /// projections gave them (not rotated; one dtype each), the queries at positions
+    /// `start..start + seq`, row `r` holding `rows.lengths()[r]` real tokens (its padding
+    /// hidden from every query) → `[batch * seq, heads * head_dim]` in `plan.matmul`: RoPE in
+    /// f32 from the `cos`/`sin` tables `[max_positions, head_dim / 2]`, the scores in
+    /// `plan.attention_scores` scaled by `1/sqrt(head_dim)`, causal, softmax in `plan.softmax`,
+    /// probabilities and values in `plan.matmul`. `None` to leave it to the graph.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_rows(
+        &self,
+        _q: &Tensor<B, 2>,
+        _k: &Tensor<B, 2>,
+        _v: &Tensor<B, 2>,
+        _rows: &super::Batch,
+        _heads: usize,
+        _start: usize,
+        _cos: &Tensor<B, 2>,
+        _sin: &Tensor<B, 2>,
+        _plan: &PrecisionPlan,
+    ) -> Option<Tensor<B, 2>> {
+        None
+    }
+
+    /// The summed causal-LM loss `−Σ_r log_softmax(logits[r])[targets[r]]`: `logits` `[n,
+    /// vocab]` f32, one target id per row → `[1]` f32; `None` to leave it to the graph.
+    fn cross_entropy_sum(&self, _logits: &Tensor<B, 2>, _targets: &[u32]) -> Option<Tensor<B, 1>> {
+        None
+    }
+
     /// Whether [`FusedKernels::rope`] and [`FusedKernels::attention`] handle `plan`.
     fn attention_supported(&self, plan: &PrecisionPlan) -> bool;
 

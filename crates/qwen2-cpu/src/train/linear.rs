@@ -1,0 +1,177 @@
+//! The projections of a training run as one autodiff op each, on the CPU's kernels.
+//!
+//! Forward: `y = x · W` (`W` the `[in, out]` view of HF's `[out, in]` weight) through
+//! [`CpuMatmul`] (bf16: the `vdpbf16ps` tiles; f32: the better of our register blocks and the
+//! `gemm` crate, see [`F32_FORWARD`]), f32 accumulation, rounded to the compute dtype.
+//! Backward, with `dY` `[m, out]` in the compute dtype:
+//! - `dX = dY · Wᵀ` `[m, in]`: bf16 on the tiles over `W` transposed once (kept for frozen
+//!   weights, which never change, and rebuilt per step for trained ones); f32 on the `gemm`
+//!   crate over `W`'s own memory;
+//! - `dW = dYᵀ · X`, computed as HF's `[out, in]` so the trainer's flatten is free; only when
+//!   the weight is trained.
+//!
+//! The bias is left to the graph (`+ b`, rounded as the generic graph rounds it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::prelude::Tensor;
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::{DType, FloatDType, TensorPrimitive};
+use burn_flex::{Flex, FlexTensor};
+use qwen2_core::model::MatmulKernel;
+
+use crate::matmul::CpuMatmul;
+
+type Ad = Autodiff<Flex>;
+
+/// Which product runs the f32 forward (and `dX`): `true` for [`CpuMatmul`]'s register blocks,
+/// `false` for the `gemm` crate (burn-flex's matmul).
+const F32_FORWARD: bool = false;
+
+/// The CPU's [`MatmulKernel`] for `Autodiff<Flex>`.
+#[derive(Default, Clone)]
+pub struct TrainMatmul {
+    /// Frozen bf16 weights transposed for `dX` on the tiles, by their storage address; each
+    /// entry holds the weight's storage too, so the address cannot be reused while it lives.
+    transposed: Arc<Mutex<HashMap<usize, (FlexTensor, FlexTensor)>>>,
+}
+
+fn flex<const D: usize>(p: FlexTensor) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// `x` `[m, k]` × `w` `[k, n]` (a view over `[n, k]` memory) in `compute` on the kernels that
+/// serve it best (see the module doc).
+fn product(x: &FlexTensor, w: &FlexTensor, compute: FloatDType) -> Option<FlexTensor> {
+    if compute == FloatDType::F32 && !F32_FORWARD {
+        return Some(Flex::float_matmul(x.clone(), w.clone()));
+    }
+    // Gradients reach here as strided views (the attention's head split); the kernels read
+    // rows in place, so one copy in the operand's own dtype, not a widening one.
+    let x = x.to_contiguous();
+    let y = CpuMatmul.matmul(&flex(x), &flex(w.clone()), None, compute)?;
+    Some(y.into_primitive().tensor())
+}
+
+impl TrainMatmul {
+    /// `dX = dY · Wᵀ` for `w` the forward's `[in, out]` view.
+    fn grad_input(&self, dy: &FlexTensor, w: &FlexTensor, frozen: bool) -> FlexTensor {
+        if w.dtype() == DType::BF16 {
+            // The tiles read weight rows along the product's inner dimension (`out` here): `W`
+            // transposed, `[in, out]` row-major, which is `w` made contiguous.
+            let wt = if frozen {
+                self.frozen_transposed(w)
+            } else {
+                w.to_contiguous()
+            };
+            let view = wt.transpose(0, 1);
+            if let Some(dx) = product(dy, &view, FloatDType::BF16) {
+                return dx;
+            }
+        }
+        Flex::float_matmul(dy.clone(), w.transpose(0, 1))
+    }
+
+    fn frozen_transposed(&self, w: &FlexTensor) -> FlexTensor {
+        let key = w.bytes().as_ptr() as usize;
+        let mut cache = self.transposed.lock().expect("transposed weights");
+        cache
+            .entry(key)
+            .or_insert_with(|| (w.clone(), w.to_contiguous()))
+            .1
+            .clone()
+    }
+}
+
+/// The backward of `y = x · W`.
+#[derive(Debug)]
+struct LinearBackward {
+    kernel: TrainMatmul,
+}
+
+impl std::fmt::Debug for TrainMatmul {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrainMatmul")
+    }
+}
+
+/// What the backward keeps: `x` (for `dW`, when the weight is trained), `w` (for `dX`, when
+/// the input is), and whether `w` is frozen.
+#[derive(Debug, Clone)]
+struct LinearState {
+    x: Option<FlexTensor>,
+    w: Option<FlexTensor>,
+    frozen: bool,
+}
+
+impl Backward<Flex, 2> for LinearBackward {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let state = ops.state;
+        if let (Some(node), Some(w)) = (node_x, &state.w) {
+            let dx = self.kernel.grad_input(&dy, w, state.frozen);
+            grads.register::<Flex>(node.id, dx);
+        }
+        if let (Some(node), Some(x)) = (node_w, state.x) {
+            // dW in HF's [out, in] layout, handed over as the [in, out] view the op took.
+            let dw = Flex::float_matmul(dy.transpose(0, 1), x);
+            grads.register::<Flex>(node.id, dw.transpose(0, 1));
+        }
+    }
+}
+
+impl MatmulKernel<Ad> for TrainMatmul {
+    fn matmul(
+        &self,
+        x: &Tensor<Ad, 2>,
+        weight: &Tensor<Ad, 2>,
+        bias: Option<&Tensor<Ad, 1>>,
+        compute: FloatDType,
+    ) -> Option<Tensor<Ad, 2>> {
+        let dtype: DType = compute.into();
+        if !matches!(compute, FloatDType::F32 | FloatDType::BF16)
+            || x.dtype() != dtype
+            || weight.dtype() != dtype
+        {
+            return None;
+        }
+        let (xa, wa) = (
+            x.clone().into_primitive().tensor(),
+            weight.clone().into_primitive().tensor(),
+        );
+        let y = product(&xa.primitive, &wa.primitive, compute)?;
+        let (x_tracked, w_tracked) = (xa.is_tracked(), wa.is_tracked());
+        let op = LinearBackward {
+            kernel: self.clone(),
+        };
+        let out = match op
+            .prepare::<NoCheckpointing>([xa.node.clone(), wa.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                LinearState {
+                    x: w_tracked.then(|| xa.primitive.clone()),
+                    w: x_tracked.then(|| wa.primitive.clone()),
+                    frozen: !w_tracked,
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        let y = Tensor::<Ad, 2>::from_primitive(TensorPrimitive::Float(out));
+        Some(match bias {
+            Some(b) => y + b.clone().cast(compute).unsqueeze_dim(0),
+            None => y,
+        })
+    }
+}
