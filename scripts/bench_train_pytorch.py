@@ -5,7 +5,7 @@ optimizer and schedule; the wall time of every optimizer step; prints one JSON l
 
     python3 scripts/bench_train_pytorch.py --model DIR --data FILE.jsonl --steps N --batch-size B
         [--grad-accum 1] [--lora --lora-r 8 --lora-alpha 16] [--precision f32|bf16] [--lr 2e-4]
-        [--threads N] [--max-seq-len L] [--attn sdpa|eager]
+        [--threads N] [--max-seq-len L] [--attn sdpa|eager] [--bf16-mode autocast|load]
 
 DIR is an HF Qwen2 model directory; FILE.jsonl holds pre-tokenized records
 {"input_ids": [...], "labels": [...]} (label -100 = no loss; labels default to input_ids), one
@@ -24,6 +24,9 @@ Training semantics (those of scripts/make_train_fixtures.py and the qwen2-train 
     eps 1e-8, weight_decay 0); transformers' "cosine" schedule without warmup over --steps steps.
   - full fine-tuning: every parameter trainable, f32. LoRA: peft LoraConfig(r, alpha, dropout 0,
     q/k/v/o/gate/up/down_proj), only the adapters trainable, base weights f32.
+  - bf16 (--bf16-mode): "autocast" keeps f32 master weights and runs torch.autocast;
+    "load" loads the model in bfloat16 as peft users do (LoRA adapters upcast to f32 by peft,
+    a full fine-tune then trains bf16 parameters with AdamW).
   - attention: --attn, default "sdpa" (transformers' default: what a PyTorch user gets);
     "eager" is the same math as ours, op for op.
 
@@ -126,9 +129,11 @@ def load_model(args):
 
     try:
         config = AutoConfig.from_pretrained(args.model)
-        # f32 master weights in both precisions (bf16 is autocast, see train_step).
+        # f32 master weights unless bf16 is loaded as bf16 (--bf16-mode load; autocast: see
+        # train_step).
+        dtype = torch.bfloat16 if args.precision == "bf16" and args.bf16_mode == "load" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(
-            args.model, config=config, dtype=torch.float32, attn_implementation=args.attn
+            args.model, config=config, dtype=dtype, attn_implementation=args.attn
         )
     except Exception as e:  # missing directory, bad config, missing or broken weights
         fail(f"cannot load the model from {args.model}: {type(e).__name__}: {e}")
@@ -196,6 +201,8 @@ def main():
     ap.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--threads", type=int, default=0, help="0: os.cpu_count()")
+    ap.add_argument("--bf16-mode", choices=["autocast", "load"], default="autocast",
+                    help="bf16: torch.autocast over f32 masters, or the model loaded in bf16")
     ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa",
                     help="attention implementation (default sdpa, transformers' default)")
     ap.add_argument("--max-seq-len", type=int, default=0,
@@ -230,7 +237,8 @@ def main():
         for step in range(args.steps):
             micro_indices = step_records(len(records), args.batch_size, args.grad_accum, step)
             t = time.perf_counter()
-            loss, tokens = train_step(model, params, opt, sched, records, micro_indices, args.precision == "bf16")
+            autocast = args.precision == "bf16" and args.bf16_mode == "autocast"
+            loss, tokens = train_step(model, params, opt, sched, records, micro_indices, autocast)
             dt = time.perf_counter() - t
             if not math.isfinite(loss):
                 fail(f"non-finite loss at step {step + 1}: {loss}")
@@ -248,6 +256,8 @@ def main():
         "transformers": transformers.__version__,
         "peft": peft_version,
         "precision": args.precision,
+        "bf16_mode": args.bf16_mode if args.precision == "bf16" else None,
+        "attn": args.attn,
         "lora": args.lora,
         "steps": args.steps,
         "batch_size": args.batch_size,

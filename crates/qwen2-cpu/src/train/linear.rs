@@ -26,6 +26,9 @@ use burn::tensor::{DType, FloatDType, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use qwen2_core::model::MatmulKernel;
 
+use rayon::prelude::*;
+
+use crate::host::round_bf16;
 use crate::matmul::CpuMatmul;
 
 type Ad = Autodiff<Flex>;
@@ -108,6 +111,9 @@ struct LinearState {
     x: Option<FlexTensor>,
     w: Option<FlexTensor>,
     frozen: bool,
+    /// The weight is an f32 master cast to bf16 inside the op: its gradient is rounded to
+    /// bf16 (the value the graph's cast would pass back) and handed over in f32.
+    master: bool,
 }
 
 impl Backward<Flex, 2> for LinearBackward {
@@ -122,8 +128,26 @@ impl Backward<Flex, 2> for LinearBackward {
             grads.register::<Flex>(node.id, dx);
         }
         if let (Some(node), Some(x)) = (node_w, state.x) {
-            // dW in HF's [out, in] layout, handed over as the [in, out] view the op took.
-            let dw = Flex::float_matmul(dy.transpose(0, 1), x);
+            // dW in HF's [out, in] layout, handed over as the [in, out] view the op took. Half
+            // operands are widened first: burn-flex's half-precision product widens them per
+            // packed block, several times over (a bf16 full fine-tune spent half its step there).
+            let dtype = dy.dtype();
+            let dw = if dtype == DType::F32 {
+                Flex::float_matmul(dy.transpose(0, 1), x)
+            } else {
+                let f32 = FloatDType::F32;
+                let widen = |t: FlexTensor| Flex::float_cast(t, f32);
+                let mut dw = Flex::float_matmul(widen(dy.transpose(0, 1)), widen(x));
+                if state.master {
+                    let values = dw.storage_mut::<f32>();
+                    values.par_chunks_mut(1 << 15).for_each(|c| {
+                        c.iter_mut().for_each(|v| *v = round_bf16(*v));
+                    });
+                    dw
+                } else {
+                    Flex::float_cast(dw, dtype.into())
+                }
+            };
             grads.register::<Flex>(node.id, dw.transpose(0, 1));
         }
     }
@@ -138,9 +162,12 @@ impl MatmulKernel<Ad> for TrainMatmul {
         compute: FloatDType,
     ) -> Option<Tensor<Ad, 2>> {
         let dtype: DType = compute.into();
+        // An f32 master weight in a bf16 product (full fine-tuning in bf16) is cast here, in
+        // HF's [out, in] layout, so the tiles read it and its gradient skips the cast node.
+        let master = compute == FloatDType::BF16 && weight.dtype() == DType::F32;
         if !matches!(compute, FloatDType::F32 | FloatDType::BF16)
             || x.dtype() != dtype
-            || weight.dtype() != dtype
+            || (weight.dtype() != dtype && !master)
         {
             return None;
         }
@@ -148,7 +175,12 @@ impl MatmulKernel<Ad> for TrainMatmul {
             x.clone().into_primitive().tensor(),
             weight.clone().into_primitive().tensor(),
         );
-        let y = product(&xa.primitive, &wa.primitive, compute)?;
+        let w = if master {
+            Flex::float_cast(wa.primitive.transpose(0, 1), compute).transpose(0, 1)
+        } else {
+            wa.primitive.clone()
+        };
+        let y = product(&xa.primitive, &w, compute)?;
         let (x_tracked, w_tracked) = (xa.is_tracked(), wa.is_tracked());
         let op = LinearBackward {
             kernel: self.clone(),
@@ -161,8 +193,10 @@ impl MatmulKernel<Ad> for TrainMatmul {
             OpsKind::Tracked(prep) => prep.finish(
                 LinearState {
                     x: w_tracked.then(|| xa.primitive.clone()),
-                    w: x_tracked.then(|| wa.primitive.clone()),
-                    frozen: !w_tracked,
+                    w: x_tracked.then(|| w.clone()),
+                    // A cast master is a new tensor each step: never cached.
+                    frozen: !w_tracked && !master,
+                    master,
                 },
                 y,
             ),
