@@ -13,3 +13,5 @@ mod f16;
 mod kernels;
 #[path = "train/parity.rs"]
 mod parity;
+#[path = "train/qlora.rs"]
+mod qlora;

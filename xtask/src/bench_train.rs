@@ -16,10 +16,12 @@ struct Options {
     pytorch: bool,
     /// Also run ours on burn's generic graph and ops (`QWEN2_TRAIN_KERNELS=generic`).
     generic: bool,
+    /// Also run ours on a quantized base (`finetune --lora --quantize TYPE`).
+    quantize: Option<String>,
     json: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: cargo xtask bench-train --model DIR [--lora] [--precision f32,bf16] [--backend cpu] [--seq-len 256] [--batch-size 1] [--steps 5] [--pytorch] [--generic] [--json FILE]";
+const USAGE: &str = "usage: cargo xtask bench-train --model DIR [--lora] [--precision f32,bf16] [--backend cpu] [--seq-len 256] [--batch-size 1] [--steps 5] [--pytorch] [--generic] [--quantize q4_k] [--json FILE]";
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
@@ -32,6 +34,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         steps: 5,
         pytorch: false,
         generic: false,
+        quantize: None,
         json: None,
     };
     let mut it = args.iter();
@@ -56,6 +59,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--steps" => o.steps = number(value()?)?,
             "--pytorch" => o.pytorch = true,
             "--generic" => o.generic = true,
+            "--quantize" => o.quantize = Some(value()?),
             "--json" => o.json = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown option {other}")),
         }
@@ -89,6 +93,7 @@ fn write_data(path: &Path, vocab: u64, o: &Options) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_ours(
     bin: &Path,
     data: &Path,
@@ -97,6 +102,7 @@ fn run_ours(
     backend: &str,
     precision: &str,
     generic: bool,
+    quantize: Option<&str>,
 ) -> Result<serde_json::Value, String> {
     let out = work.join(format!("out-{backend}-{precision}"));
     let log = work.join(format!("log-{backend}-{precision}.jsonl"));
@@ -132,6 +138,9 @@ fn run_ours(
     if o.lora {
         cmd.arg("--lora");
     }
+    if let Some(q) = quantize {
+        cmd.args(["--quantize", q]);
+    }
     let result = cmd
         .output()
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
@@ -148,10 +157,10 @@ fn run_ours(
         .find(|r| r["summary"] == true)
         .cloned()
         .ok_or("no summary record in the log")?;
-    summary["engine"] = if generic {
-        "qwen2-burn (generic graph)"
-    } else {
-        "qwen2-burn"
+    summary["engine"] = match (generic, quantize) {
+        (true, _) => "qwen2-burn (generic graph)".to_string(),
+        (false, Some(q)) => format!("qwen2-burn (base in {q})"),
+        (false, None) => "qwen2-burn".to_string(),
     }
     .into();
     summary["losses"] = records
@@ -305,13 +314,23 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
     let mut rows = Vec::new();
     for backend in &o.backends {
         for precision in &o.precisions {
-            for generic in [false, true] {
-                if generic && !o.generic {
-                    continue;
-                }
-                let what = if generic { " (generic graph)" } else { "" };
+            let mut variants = vec![(false, None)];
+            if o.generic {
+                variants.push((true, None));
+            }
+            if let Some(q) = o.quantize.as_deref() {
+                variants.push((false, Some(q)));
+            }
+            for (generic, quantize) in variants {
+                let what = match (generic, quantize) {
+                    (true, _) => " (generic graph)".to_string(),
+                    (false, Some(q)) => format!(" (base in {q})"),
+                    (false, None) => String::new(),
+                };
                 eprintln!("xtask bench-train: qwen2-burn{what} {backend} / {precision} ...");
-                match run_ours(&bin, &data, &work, &o, backend, precision, generic) {
+                match run_ours(
+                    &bin, &data, &work, &o, backend, precision, generic, quantize,
+                ) {
                     Ok(v) => rows.push(v),
                     Err(e) => {
                         eprintln!("xtask bench-train: {backend}/{precision}{what} failed: {e}")

@@ -386,6 +386,11 @@ pub struct FinetuneArgs {
     /// Start the LoRA adapters from this PEFT adapter directory instead of a fresh init.
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
+    /// LoRA on a quantized base (QLoRA-style, CPU backend): hold the frozen projections
+    /// quantized to q8_0, q4_0, q4_k or q6_k (as `run --quantize` does) and train the f32
+    /// adapters through them; needs --lora.
+    #[arg(long, value_name = "q8_0|q4_0|q4_k|q6_k")]
+    pub quantize: Option<String>,
     /// Training precision: f32; bf16 compute; f16-scaled (f16 compute under the f16-safe plan
     /// with dynamic loss scaling); f16 (naive, no scaling: reproduces the overflow). Master
     /// weights and optimizer state are f32 in every policy. auto = f32.

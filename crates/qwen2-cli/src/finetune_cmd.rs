@@ -51,6 +51,9 @@ pub fn options(a: &FinetuneArgs, training: &ResolvedTraining) -> CliResult<Finet
     } else if a.adapter.is_some() {
         return Err("--adapter (start from an existing adapter) needs --lora".into());
     }
+    if let Some(q) = &a.quantize {
+        o.quantize = Some(q.parse().map_err(|e| format!("--quantize: {e}"))?);
+    }
     o.precision = training.policy;
     o.scaler = qwen2_train::ScalerConfig {
         init_scale: a.loss_scale_init,
@@ -179,7 +182,11 @@ pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
     eprintln!(
         "fine-tuning {} ({}, {}) on {} records of {}{}: {} steps from step {}, {} trained tensors ({} values), backend {}",
         a.model.display(),
-        if a.lora { "LoRA" } else { "full" },
+        match (a.lora, &a.quantize) {
+            (true, Some(q)) => format!("LoRA on a {q} base"),
+            (true, None) => "LoRA".to_string(),
+            (false, _) => "full".to_string(),
+        },
         trainer.options().precision,
         data.examples.len(),
         data.path.display(),
@@ -355,7 +362,12 @@ fn dry_run<P: Platform>(
         .copied()
         .filter(|p| P::policy_table().select_training(hw, Some(*p)).is_ok())
         .collect();
-    let runs = qwen2_train::diagnose::diagnose_training::<Autodiff<P::B>>(opts, &policies, device)?;
+    let runs = qwen2_train::diagnose::diagnose_training::<Autodiff<P::B>>(
+        opts,
+        &policies,
+        device,
+        &P::training_kernels,
+    )?;
     println!("device: {hw}");
     println!(
         "one forward + backward of the first micro-batch of {} per training policy",

@@ -207,6 +207,56 @@ fn full_finetune_writes_a_model_directory_qwen2_loads() {
     ok(&out_gen);
 }
 
+/// LoRA on a q8_0 base (`--quantize`): trains on the quantized kernels, and the adapter answers
+/// through `run` on the dense model; a full fine-tune of a quantized base is refused first.
+#[test]
+fn qlora_adapter_trained_on_a_quantized_base_answers_on_the_dense_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("adapter");
+    let model = fixture("tiny-chat");
+    let data = fixture("train/chat.jsonl");
+    let base = [
+        "finetune",
+        "--model",
+        path(&model),
+        "--data",
+        path(&data),
+        "--out",
+        path(&out),
+        "--quantize",
+        "q8_0",
+        "--batch-size",
+        "6",
+        "--epochs",
+        "40",
+        "--lr",
+        "2e-2",
+    ];
+    let refused = qwen2(&base);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--quantize") && stderr.contains("--lora"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing written before the refusal");
+    let stderr = ok(&qwen2(&[&base[..], &["--lora"]].concat()));
+    assert!(stderr.contains("LoRA on a q8_0 base"), "{stderr}");
+    let answer = qwen2(&[
+        "run",
+        "--model",
+        path(&model),
+        "--adapter",
+        path(&out),
+        "--prompt",
+        "What is the capital of France?",
+        "--temperature",
+        "0",
+    ]);
+    let text = String::from_utf8_lossy(&answer.stdout);
+    assert!(text.contains("Paris."), "{text}");
+}
+
 #[test]
 fn finetune_errors_are_clear_and_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -79,6 +79,10 @@ pub struct TrainingKernels<B: AutodiffBackend> {
     pub fused: Option<Arc<dyn FusedKernels<B>>>,
     /// AdamW and the gradient statistics, on the inner backend's tensors.
     pub optimizer: Option<Arc<dyn OptimizerKernel<B::InnerBackend>>>,
+    /// Whether `matmul`'s `matmul_quantized` passes gradients through quantized weights (LoRA
+    /// on a quantized base needs it: the generic quantized product is a host computation the
+    /// graph cannot differentiate).
+    pub quantized_base: bool,
 }
 
 impl<B: AutodiffBackend> Default for TrainingKernels<B> {
@@ -87,6 +91,7 @@ impl<B: AutodiffBackend> Default for TrainingKernels<B> {
             matmul: None,
             fused: None,
             optimizer: None,
+            quantized_base: false,
         }
     }
 }

@@ -7,6 +7,8 @@
 use qwen2_core::monitor::{MonitorMode, StabilityMonitor};
 use qwen2_core::precision::TrainPolicy;
 
+use qwen2_core::train_kernels::TrainingKernels;
+
 use crate::anomaly::{first_nonfinite, GradProbe, GradStats};
 use crate::error::Result;
 use crate::options::FinetuneOptions;
@@ -51,6 +53,7 @@ pub fn diagnose_training<B: GradProbe>(
     opts: &FinetuneOptions,
     policies: &[TrainPolicy],
     device: &B::Device,
+    kernels: &dyn Fn() -> TrainingKernels<B>,
 ) -> Result<Vec<PolicyDiagnosis>> {
     let scratch = std::env::temp_dir().join(format!("qwen2-dry-run-{}", std::process::id()));
     let mut out = Vec::new();
@@ -76,7 +79,7 @@ pub fn diagnose_training<B: GradProbe>(
         o.out = scratch.clone();
         o.resume = None;
         let result = (|| -> Result<PolicyDiagnosis> {
-            let mut t = Trainer::<B>::new(o, device)?;
+            let mut t = Trainer::<B>::new(o, device)?.with_kernels(kernels());
             let layers = t.model().config().num_hidden_layers;
             let mut monitor = StabilityMonitor::new(MonitorMode::Full);
             let (loss, grads) = t.probe_gradients(scale, &mut monitor)?;

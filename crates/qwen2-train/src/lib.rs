@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod diagnose;
 pub mod error;
+mod kernels;
 pub mod lora;
 pub mod optim;
 pub mod options;

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 /// The training policies (defined with the policy tables in qwen2-core).
 pub use qwen2_core::precision::TrainPolicy as TrainPrecision;
 
+use qwen2_core::model::QuantTarget;
+
 use crate::lora::LoraOptions;
 use crate::optim::AdamWConfig;
 use crate::scaler::ScalerConfig;
@@ -81,6 +83,11 @@ pub struct FinetuneOptions {
     /// On a non-finite loss or a diverging scale, continue from the current (last good) state
     /// under the next safer policy (f16 → f16-scaled → f32, bf16 → f32) instead of stopping.
     pub fallback: bool,
+    /// Hold the frozen base's projections quantized (LoRA on a quantized base, QLoRA-style):
+    /// the forward runs on the integer/bf16 kernels over the blocks and the backward passes the
+    /// input gradient through them. Needs `lora` and a backend whose training kernels
+    /// differentiate quantized products (the CPU's).
+    pub quantize: Option<QuantTarget>,
 }
 
 impl FinetuneOptions {
@@ -118,6 +125,7 @@ impl FinetuneOptions {
             min_loss_scale: 1.0,
             detect_anomaly: false,
             fallback: false,
+            quantize: None,
         }
     }
 }

@@ -192,6 +192,15 @@ pub(crate) fn check_options(o: &FinetuneOptions) -> Result<()> {
     if o.max_seq_len == Some(0) {
         return Err(TrainError::option("--max-seq-len", "must be at least 1"));
     }
+    if let (Some(q), None) = (o.quantize, &o.lora) {
+        return Err(TrainError::option(
+            "--quantize",
+            format!(
+                "{q} holds the base weights quantized and frozen, so it trains LoRA adapters \
+                 only: add --lora (a full fine-tune updates every weight as an f32 master)"
+            ),
+        ));
+    }
     if let Some(l) = &o.lora {
         l.validate()?;
     } else if o.init_adapter.is_some() {

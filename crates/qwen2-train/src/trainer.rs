@@ -11,11 +11,12 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::cast::ToElement;
 use burn::tensor::{FloatDType, TensorData};
 use qwen2_core::adapter::Adapter;
-use qwen2_core::model::{context_length, Batch, FusedKernels, Qwen2Model, WeightKind, WeightMut};
+use qwen2_core::model::{
+    context_length, Batch, FusedKernels, Qwen2Model, WeightKind, WeightMut, WeightQuantization,
+};
 use qwen2_core::monitor::locate_nonfinite;
 use qwen2_core::observe::{NoObserver, Observer, Site};
 use qwen2_core::text::{ChatTemplate, GenerationConfig, TextTokenizer};
-use qwen2_core::train_kernels::TrainingKernels;
 use qwen2_core::Qwen2Config;
 
 use crate::anomaly::{first_nonfinite, AnomalyProbes, GradProbe, GradStats, WatchBoth};
@@ -61,6 +62,8 @@ pub struct Trainer<B: GradProbe> {
     pub(crate) optimizer: OptimKernel<B>,
     /// The backend's fused ops (the loss), if it has them.
     pub(crate) fused: Option<Arc<dyn FusedKernels<B>>>,
+    /// Whether the installed kernels pass gradients through quantized projections.
+    pub(crate) quantized_grads: bool,
 }
 
 impl<B: GradProbe> Trainer<B> {
@@ -110,7 +113,11 @@ impl<B: GradProbe> Trainer<B> {
         };
 
         let plan = opts.precision.plan(opts.lora.is_none());
-        let mut model = Qwen2Model::<B>::load(&opts.model, plan, device)?;
+        let quant = opts
+            .quantize
+            .map_or(WeightQuantization::Dense, WeightQuantization::To);
+        let mut model =
+            Qwen2Model::<B>::load_quantized(&opts.model, plan, quant, device, &mut |_, _| {})?;
         if let Some(l) = &opts.lora {
             match &opts.init_adapter {
                 Some(dir) => {
@@ -164,6 +171,7 @@ impl<B: GradProbe> Trainer<B> {
             anomaly: None,
             optimizer: None,
             fused: None,
+            quantized_grads: false,
             state: RunState {
                 applied: 0,
                 skipped_total: 0,
@@ -186,22 +194,6 @@ impl<B: GradProbe> Trainer<B> {
             "fine-tuning ready"
         );
         Ok(trainer)
-    }
-
-    /// Runs the training on a backend's own kernels (see [`TrainingKernels`];
-    /// `Platform::training_kernels` gives a backend's): its products and fused ops with their
-    /// backward passes, and its one-pass AdamW. The numbers stay those of the generic graph
-    /// within the training tests' tolerances.
-    pub fn with_kernels(mut self, kernels: TrainingKernels<B>) -> Self {
-        if let Some(k) = kernels.matmul {
-            self.model.set_matmul_kernel(k);
-        }
-        if let Some(k) = kernels.fused {
-            self.model.set_fused_kernels(k.clone());
-            self.fused = Some(k);
-        }
-        self.optimizer = kernels.optimizer;
-        self
     }
 
     /// The model being trained.
@@ -282,6 +274,7 @@ impl<B: GradProbe> Trainer<B> {
         scale: f32,
         forward: &mut dyn Observer<B>,
     ) -> Result<(f64, Vec<GradStats>)> {
+        self.check_quantized_base()?;
         let micro = self.micro_batches(self.step);
         let label_tokens: usize = micro.iter().map(|m| m.targets.len()).sum();
         let mut probes = AnomalyProbes::<B>::default();
@@ -302,6 +295,7 @@ impl<B: GradProbe> Trainer<B> {
         micro: &[MicroBatch],
         loss_scale: Option<f32>,
     ) -> Result<(f64, Grads<B>, usize)> {
+        self.check_quantized_base()?;
         let label_tokens: usize = micro.iter().map(|m| m.targets.len()).sum();
         let mut acc: Vec<Option<Tensor<B::InnerBackend, 1>>> = vec![None; self.params.len()];
         let mut loss = 0.0;

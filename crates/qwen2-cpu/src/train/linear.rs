@@ -208,4 +208,14 @@ impl MatmulKernel<Ad> for TrainMatmul {
             None => y,
         })
     }
+
+    fn matmul_quantized(
+        &self,
+        x: &Tensor<Ad, 2>,
+        weight: &qwen2_quant::QuantMatrix,
+        bias: Option<&Tensor<Ad, 1>>,
+        compute: FloatDType,
+    ) -> Option<Tensor<Ad, 2>> {
+        super::quantized::matmul_quantized(x, weight, bias, compute)
+    }
 }

@@ -7,6 +7,7 @@ mod elementwise;
 mod linear;
 mod norm;
 mod optimizer;
+mod quantized;
 mod strided;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub fn kernels() -> TrainingKernels<Ad> {
         matmul: Some(Arc::new(TrainMatmul::default())),
         fused: Some(Arc::new(TrainFused)),
         optimizer: Some(Arc::new(CpuOptimizer)),
+        quantized_base: true,
     }
 }
 
