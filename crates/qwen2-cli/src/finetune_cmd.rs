@@ -182,10 +182,11 @@ pub fn finetune_cmd<P: Platform>(a: FinetuneArgs) -> CliResult {
     eprintln!(
         "fine-tuning {} ({}, {}) on {} records of {}{}: {} steps from step {}, {} trained tensors ({} values), backend {}",
         a.model.display(),
-        match (a.lora, &a.quantize) {
-            (true, Some(q)) => format!("LoRA on a {q} base"),
-            (true, None) => "LoRA".to_string(),
-            (false, _) => "full".to_string(),
+        match (a.lora, &a.quantize, trainer.model().is_quantized()) {
+            (true, Some(q), _) => format!("LoRA on a {q} base"),
+            (true, None, true) => "LoRA on the file's quantized weights".to_string(),
+            (true, None, false) => "LoRA".to_string(),
+            (false, _, _) => "full".to_string(),
         },
         trainer.options().precision,
         data.examples.len(),

@@ -255,6 +255,46 @@ fn qlora_adapter_trained_on_a_quantized_base_answers_on_the_dense_model() {
     ]);
     let text = String::from_utf8_lossy(&answer.stdout);
     assert!(text.contains("Paris."), "{text}");
+
+    // Straight from a GGUF file: LoRA on its q8_0 blocks; a full fine-tune is refused.
+    let gguf = fixture("gguf-tiny-chat/tiny-chat-q8_0.gguf");
+    let out = tmp.path().join("gguf-adapter");
+    let from_gguf = [
+        "finetune",
+        "--model",
+        path(&gguf),
+        "--data",
+        path(&data),
+        "--out",
+        path(&out),
+        "--batch-size",
+        "6",
+        "--epochs",
+        "40",
+        "--lr",
+        "2e-2",
+    ];
+    let refused = qwen2(&from_gguf);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("GGUF") && stderr.contains("--lora"),
+        "{stderr}"
+    );
+    let stderr = ok(&qwen2(&[&from_gguf[..], &["--lora"]].concat()));
+    assert!(stderr.contains("quantized weights"), "{stderr}");
+    let answer = qwen2(&[
+        "run",
+        "--model",
+        path(&model),
+        "--adapter",
+        path(&out),
+        "--prompt",
+        "What is the capital of France?",
+        "--temperature",
+        "0",
+    ]);
+    let text = String::from_utf8_lossy(&answer.stdout);
+    assert!(text.contains("Paris."), "{text}");
 }
 
 #[test]

@@ -192,6 +192,21 @@ pub(crate) fn check_options(o: &FinetuneOptions) -> Result<()> {
     if o.max_seq_len == Some(0) {
         return Err(TrainError::option("--max-seq-len", "must be at least 1"));
     }
+    let gguf = qwen2_core::source::gguf_model_path(&o.model)
+        .ok()
+        .flatten()
+        .is_some();
+    if gguf && o.lora.is_none() {
+        return Err(TrainError::option(
+            "--model",
+            format!(
+                "{} is a GGUF model: fine-tuning one trains LoRA adapters on its weights as \
+                 stored (add --lora); a full fine-tune writes an HF model directory and needs \
+                 the HF model (config.json, *.safetensors)",
+                o.model.display()
+            ),
+        ));
+    }
     if let (Some(q), None) = (o.quantize, &o.lora) {
         return Err(TrainError::option(
             "--quantize",
@@ -206,18 +221,7 @@ pub(crate) fn check_options(o: &FinetuneOptions) -> Result<()> {
     } else if o.init_adapter.is_some() {
         return Err(TrainError::option("--adapter", "needs --lora"));
     }
-    if let Ok(Some(gguf)) = qwen2_core::source::gguf_model_path(&o.model) {
-        return Err(TrainError::option(
-            "--model",
-            format!(
-                "{} is a GGUF model; fine-tuning needs the Hugging Face checkpoint \
-                 (config.json + *.safetensors) it was converted from: quantized weights cannot be \
-                 trained, and checkpoints and adapters are saved in the HF layout",
-                gguf.display()
-            ),
-        ));
-    }
-    if !o.model.is_dir() {
+    if !gguf && !o.model.is_dir() {
         return Err(TrainError::option(
             "--model",
             format!("{} is not a model directory", o.model.display()),

@@ -17,7 +17,7 @@ use qwen2_core::model::{
 use qwen2_core::monitor::locate_nonfinite;
 use qwen2_core::observe::{NoObserver, Observer, Site};
 use qwen2_core::text::{ChatTemplate, GenerationConfig, TextTokenizer};
-use qwen2_core::Qwen2Config;
+use qwen2_core::ModelSource;
 
 use crate::anomaly::{first_nonfinite, AnomalyProbes, GradProbe, GradStats, WatchBoth};
 use crate::batches::{BatchPlan, MicroBatch};
@@ -72,7 +72,8 @@ impl<B: GradProbe> Trainer<B> {
     pub fn new(opts: FinetuneOptions, device: &B::Device) -> Result<Self> {
         check_options(&opts)?;
         check_writable(&opts.out)?;
-        let config = Qwen2Config::from_file(opts.model.join("config.json"))?;
+        let source = ModelSource::resolve(&opts.model)?;
+        let config = source.config()?;
         let context = context_length(&config);
         let max_len = opts.max_seq_len.unwrap_or(1024.min(context));
         if max_len > context {
@@ -81,7 +82,7 @@ impl<B: GradProbe> Trainer<B> {
                 format!("{max_len} is longer than the model's context ({context} positions)"),
             ));
         }
-        let tokenizer = match opts.model.join("tokenizer.json").is_file() {
+        let tokenizer = match source.is_gguf() || opts.model.join("tokenizer.json").is_file() {
             true => Some(TextTokenizer::from_model_dir(&opts.model)?),
             false => None,
         };
@@ -113,9 +114,12 @@ impl<B: GradProbe> Trainer<B> {
         };
 
         let plan = opts.precision.plan(opts.lora.is_none());
-        let quant = opts
-            .quantize
-            .map_or(WeightQuantization::Dense, WeightQuantization::To);
+        // A GGUF base under LoRA keeps its blocks as stored (LoRA on the file as downloaded).
+        let stored = match (source.is_gguf(), &opts.lora) {
+            (true, Some(_)) => WeightQuantization::Stored,
+            _ => WeightQuantization::Dense,
+        };
+        let quant = opts.quantize.map_or(stored, WeightQuantization::To);
         let mut model =
             Qwen2Model::<B>::load_quantized(&opts.model, plan, quant, device, &mut |_, _| {})?;
         if let Some(l) = &opts.lora {
