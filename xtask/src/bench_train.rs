@@ -18,10 +18,12 @@ struct Options {
     generic: bool,
     /// Also run ours on a quantized base (`finetune --lora --quantize TYPE`).
     quantize: Option<String>,
+    /// Also run ours on this GGUF file of the model (`finetune --model FILE.gguf --lora`).
+    gguf: Option<PathBuf>,
     json: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: cargo xtask bench-train --model DIR [--lora] [--precision f32,bf16] [--backend cpu] [--seq-len 256] [--batch-size 1] [--steps 5] [--pytorch] [--generic] [--quantize q4_k] [--json FILE]";
+const USAGE: &str = "usage: cargo xtask bench-train --model DIR [--lora] [--precision f32,bf16] [--backend cpu] [--seq-len 256] [--batch-size 1] [--steps 5] [--pytorch] [--generic] [--quantize q4_k] [--gguf FILE] [--json FILE]";
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
@@ -35,6 +37,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         pytorch: false,
         generic: false,
         quantize: None,
+        gguf: None,
         json: None,
     };
     let mut it = args.iter();
@@ -60,6 +63,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--pytorch" => o.pytorch = true,
             "--generic" => o.generic = true,
             "--quantize" => o.quantize = Some(value()?),
+            "--gguf" => o.gguf = Some(PathBuf::from(value()?)),
             "--json" => o.json = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown option {other}")),
         }
@@ -93,7 +97,28 @@ fn write_data(path: &Path, vocab: u64, o: &Options) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Which of our runs: on the training kernels, on burn's generic graph, on a base quantized at
+/// load, on a GGUF file's blocks.
+enum Variant<'a> {
+    Kernels,
+    Generic,
+    Quantized(&'a str),
+    Gguf(&'a Path),
+}
+
+impl Variant<'_> {
+    fn label(&self) -> String {
+        match self {
+            Variant::Kernels => String::new(),
+            Variant::Generic => " (generic graph)".into(),
+            Variant::Quantized(q) => format!(" (base in {q})"),
+            Variant::Gguf(f) => {
+                format!(" ({})", f.file_name().unwrap_or_default().to_string_lossy())
+            }
+        }
+    }
+}
+
 fn run_ours(
     bin: &Path,
     data: &Path,
@@ -101,9 +126,17 @@ fn run_ours(
     o: &Options,
     backend: &str,
     precision: &str,
-    generic: bool,
-    quantize: Option<&str>,
+    variant: &Variant<'_>,
 ) -> Result<serde_json::Value, String> {
+    let generic = matches!(variant, Variant::Generic);
+    let quantize = match variant {
+        Variant::Quantized(q) => Some(*q),
+        _ => None,
+    };
+    let model = match variant {
+        Variant::Gguf(file) => *file,
+        _ => o.model.as_path(),
+    };
     let out = work.join(format!("out-{backend}-{precision}"));
     let log = work.join(format!("log-{backend}-{precision}.jsonl"));
     let _ = std::fs::remove_file(&log);
@@ -113,7 +146,7 @@ fn run_ours(
     }
     cmd.arg("finetune")
         .arg("--model")
-        .arg(&o.model)
+        .arg(model)
         .arg("--data")
         .arg(data)
         .arg("--out")
@@ -157,12 +190,7 @@ fn run_ours(
         .find(|r| r["summary"] == true)
         .cloned()
         .ok_or("no summary record in the log")?;
-    summary["engine"] = match (generic, quantize) {
-        (true, _) => "qwen2-burn (generic graph)".to_string(),
-        (false, Some(q)) => format!("qwen2-burn (base in {q})"),
-        (false, None) => "qwen2-burn".to_string(),
-    }
-    .into();
+    summary["engine"] = format!("qwen2-burn{}", variant.label()).into();
     summary["losses"] = records
         .iter()
         .filter_map(|r| r.get("loss").cloned())
@@ -314,23 +342,20 @@ pub fn run(root: &Path, args: &[String]) -> ExitCode {
     let mut rows = Vec::new();
     for backend in &o.backends {
         for precision in &o.precisions {
-            let mut variants = vec![(false, None)];
+            let mut variants = vec![Variant::Kernels];
             if o.generic {
-                variants.push((true, None));
+                variants.push(Variant::Generic);
             }
             if let Some(q) = o.quantize.as_deref() {
-                variants.push((false, Some(q)));
+                variants.push(Variant::Quantized(q));
             }
-            for (generic, quantize) in variants {
-                let what = match (generic, quantize) {
-                    (true, _) => " (generic graph)".to_string(),
-                    (false, Some(q)) => format!(" (base in {q})"),
-                    (false, None) => String::new(),
-                };
+            if let Some(file) = o.gguf.as_deref() {
+                variants.push(Variant::Gguf(file));
+            }
+            for variant in &variants {
+                let what = variant.label();
                 eprintln!("xtask bench-train: qwen2-burn{what} {backend} / {precision} ...");
-                match run_ours(
-                    &bin, &data, &work, &o, backend, precision, generic, quantize,
-                ) {
+                match run_ours(&bin, &data, &work, &o, backend, precision, variant) {
                     Ok(v) => rows.push(v),
                     Err(e) => {
                         eprintln!("xtask bench-train: {backend}/{precision}{what} failed: {e}")

@@ -202,7 +202,7 @@ pub(crate) fn check_options(o: &FinetuneOptions) -> Result<()> {
             format!(
                 "{} is a GGUF model: fine-tuning one trains LoRA adapters on its weights as \
                  stored (add --lora); a full fine-tune writes an HF model directory and needs \
-                 the HF model (config.json, *.safetensors)",
+                 the Hugging Face checkpoint (config.json + *.safetensors)",
                 o.model.display()
             ),
         ));
