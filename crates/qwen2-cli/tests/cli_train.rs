@@ -207,6 +207,23 @@ fn full_finetune_writes_a_model_directory_qwen2_loads() {
     ok(&out_gen);
 }
 
+/// `run` with `adapter` on `model` answers the trained question.
+fn assert_answers_paris(model: &std::path::Path, adapter: &std::path::Path) {
+    let answer = qwen2(&[
+        "run",
+        "--model",
+        path(model),
+        "--adapter",
+        path(adapter),
+        "--prompt",
+        "What is the capital of France?",
+        "--temperature",
+        "0",
+    ]);
+    let text = String::from_utf8_lossy(&answer.stdout);
+    assert!(text.contains("Paris."), "{text}");
+}
+
 /// LoRA on a q8_0 base (`--quantize`): trains on the quantized kernels, and the adapter answers
 /// through `run` on the dense model; a full fine-tune of a quantized base is refused first.
 #[test]
@@ -242,19 +259,7 @@ fn qlora_adapter_trained_on_a_quantized_base_answers_on_the_dense_model() {
     assert!(!out.exists(), "nothing written before the refusal");
     let stderr = ok(&qwen2(&[&base[..], &["--lora"]].concat()));
     assert!(stderr.contains("LoRA on a q8_0 base"), "{stderr}");
-    let answer = qwen2(&[
-        "run",
-        "--model",
-        path(&model),
-        "--adapter",
-        path(&out),
-        "--prompt",
-        "What is the capital of France?",
-        "--temperature",
-        "0",
-    ]);
-    let text = String::from_utf8_lossy(&answer.stdout);
-    assert!(text.contains("Paris."), "{text}");
+    assert_answers_paris(&model, &out);
 
     // Straight from a GGUF file: LoRA on its q8_0 blocks; a full fine-tune is refused.
     let gguf = fixture("gguf-tiny-chat/tiny-chat-q8_0.gguf");
@@ -282,19 +287,7 @@ fn qlora_adapter_trained_on_a_quantized_base_answers_on_the_dense_model() {
     );
     let stderr = ok(&qwen2(&[&from_gguf[..], &["--lora"]].concat()));
     assert!(stderr.contains("quantized weights"), "{stderr}");
-    let answer = qwen2(&[
-        "run",
-        "--model",
-        path(&model),
-        "--adapter",
-        path(&out),
-        "--prompt",
-        "What is the capital of France?",
-        "--temperature",
-        "0",
-    ]);
-    let text = String::from_utf8_lossy(&answer.stdout);
-    assert!(text.contains("Paris."), "{text}");
+    assert_answers_paris(&model, &out);
 }
 
 #[test]

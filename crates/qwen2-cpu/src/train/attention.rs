@@ -23,6 +23,7 @@ use qwen2_core::model::Batch;
 use qwen2_core::precision::PrecisionPlan;
 use rayon::prelude::*;
 
+use super::inner;
 use super::strided::{matmul, View};
 use crate::host::{from_f32, to_f32, Round};
 
@@ -301,11 +302,6 @@ pub fn attention_rows(
         head_dim,
     };
     let round_scores = Round::of(plan.attention_scores)?;
-    let inner = |t: &Tensor<Ad, 2>| {
-        Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(
-            t.clone().into_primitive().tensor().primitive,
-        ))
-    };
     let table = |t: &Tensor<Ad, 2>| {
         let all = to_f32(&inner(t));
         all[start * half..(start + seq) * half].to_vec()

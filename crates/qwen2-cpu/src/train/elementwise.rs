@@ -21,6 +21,7 @@ use burn::tensor::{FloatDType, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use super::inner;
 use crate::fused::{exp_nonpositive, sigmoid, swiglu_slice};
 use crate::host::{from_f32, to_f32, Round};
 
@@ -28,12 +29,6 @@ type Ad = Autodiff<Flex>;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
-
-fn inner(t: &Tensor<Ad, 2>) -> Tensor<Flex, 2> {
-    Tensor::from_primitive(TensorPrimitive::Float(
-        t.clone().into_primitive().tensor().primitive,
-    ))
-}
 
 fn primitive(t: Tensor<Flex, 2>) -> FlexTensor {
     t.into_primitive().tensor()

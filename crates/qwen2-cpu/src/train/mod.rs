@@ -25,6 +25,14 @@ pub use optimizer::CpuOptimizer;
 
 type Ad = Autodiff<Flex>;
 
+/// The values behind an autodiff tensor, as a plain burn-flex tensor (shares the storage; no
+/// node on the tape).
+fn inner<const D: usize>(t: &Tensor<Ad, D>) -> Tensor<Flex, D> {
+    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(
+        t.clone().into_primitive().tensor().primitive,
+    ))
+}
+
 /// The CPU's training kernels.
 pub fn kernels() -> TrainingKernels<Ad> {
     TrainingKernels {

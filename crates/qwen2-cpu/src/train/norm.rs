@@ -18,6 +18,7 @@ use burn::tensor::{FloatDType, TensorData, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use super::inner;
 use crate::host::{from_f32, to_f32, Round};
 
 type Ad = Autodiff<Flex>;
@@ -104,12 +105,6 @@ impl Backward<Flex, 2> for NormBackward {
             grads.register::<Flex>(node.id, dx);
         }
     }
-}
-
-fn inner<const D: usize>(t: &Tensor<Ad, D>) -> Tensor<Flex, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(
-        t.clone().into_primitive().tensor().primitive,
-    ))
 }
 
 /// See `qwen2_core::model::FusedKernels::rms_norm`; statistics in f32 only.
