@@ -365,9 +365,7 @@ impl<B: GradProbe> Trainer<B> {
         let hidden = self.model.forward_hidden(&batch, obs)?;
         let n = mb.targets.len();
         let positions: Vec<i64> = mb.targets.iter().map(|&(p, _)| p as i64).collect();
-        let targets: Vec<i64> = mb.targets.iter().map(|&(_, t)| t as i64).collect();
         let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), device);
-        let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
         let logits = self
             .model
             .head(hidden.select(0, positions), obs)
@@ -380,6 +378,8 @@ impl<B: GradProbe> Trainer<B> {
         {
             return Ok(sum);
         }
+        let targets: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
         let picked = log_softmax(logits, 1).gather(1, targets);
         Ok(picked.sum().neg())
     }

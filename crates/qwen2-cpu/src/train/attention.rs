@@ -9,6 +9,7 @@
 //! and their scaling, probabilities and the output to the matmul dtype); the backward computes
 //! in f32 and rounds each input's gradient to that input's dtype.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -72,6 +73,17 @@ struct Saved {
     round_p: Round,
     /// The dtypes of q, k and v: their gradients' dtypes.
     dtypes: [FloatDType; 3],
+}
+
+impl Saved {
+    /// Probabilities as the weighted sum reads them (rounded to the matmul dtype; the same
+    /// slice, uncopied, in f32).
+    fn rounded<'a>(&self, p: &'a [f32]) -> Cow<'a, [f32]> {
+        match self.round_p {
+            Round::F32 => Cow::Borrowed(p),
+            r => Cow::Owned(p.iter().map(|&x| r.apply(x)).collect()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Saved {
@@ -142,7 +154,7 @@ fn head_forward(s: &Saved, r: usize, h: usize, round_scores: Round) -> (Vec<f32>
         row[..visible].iter_mut().for_each(|x| *x /= sum);
         row[visible..].fill(0.0);
     }
-    let rounded: Vec<f32> = p.iter().map(|&x| s.round_p.apply(x)).collect();
+    let rounded = s.rounded(&p);
     let mut out = vec![0f32; seq * hd];
     let pv = View::rows(0, seq, seq, seq);
     matmul(
@@ -176,7 +188,7 @@ fn group_backward(
         let p = &s.probs[r * d.heads + h];
         let ov = View::rows(r * seq * d.q_width() + h * hd, seq, hd, d.q_width());
         // dV += round(P)ᵀ · dO
-        let rounded: Vec<f32> = p.iter().map(|&x| s.round_p.apply(x)).collect();
+        let rounded = s.rounded(p);
         matmul(&mut dv, local, i > 0, &rounded, square.t(), dout, ov);
         // dP = dO · Vᵀ, then the softmax and scaling backward: dS = P ⊙ (dP − Σ P dP) · scale.
         let mut ds = vec![0f32; seq * seq];

@@ -1,8 +1,8 @@
 //! The projections of a training run as one autodiff op each, on the CPU's kernels.
 //!
-//! Forward: `y = x · W` (`W` the `[in, out]` view of HF's `[out, in]` weight) through
-//! [`CpuMatmul`] (bf16: the `vdpbf16ps` tiles; f32: the better of our register blocks and the
-//! `gemm` crate, see [`F32_FORWARD`]), f32 accumulation, rounded to the compute dtype.
+//! Forward: `y = x · W` (`W` the `[in, out]` view of HF's `[out, in]` weight), f32
+//! accumulation, rounded to the compute dtype: bf16 on [`CpuMatmul`] (the `vdpbf16ps` tiles),
+//! f32 on the `gemm` crate (burn-flex's product, its AVX-512 kernels where the CPU has them).
 //! Backward, with `dY` `[m, out]` in the compute dtype:
 //! - `dX = dY · Wᵀ` `[m, in]`: bf16 on the tiles over `W` transposed once (kept for frozen
 //!   weights, which never change, and rebuilt per step for trained ones); f32 on the `gemm`
@@ -33,10 +33,6 @@ use crate::matmul::CpuMatmul;
 
 type Ad = Autodiff<Flex>;
 
-/// Which product runs the f32 forward (and `dX`): `true` for [`CpuMatmul`]'s register blocks,
-/// `false` for the `gemm` crate (burn-flex's matmul).
-const F32_FORWARD: bool = false;
-
 /// The CPU's [`MatmulKernel`] for `Autodiff<Flex>`.
 #[derive(Default, Clone)]
 pub struct TrainMatmul {
@@ -52,7 +48,7 @@ fn flex<const D: usize>(p: FlexTensor) -> Tensor<Flex, D> {
 /// `x` `[m, k]` × `w` `[k, n]` (a view over `[n, k]` memory) in `compute` on the kernels that
 /// serve it best (see the module doc).
 fn product(x: &FlexTensor, w: &FlexTensor, compute: FloatDType) -> Option<FlexTensor> {
-    if compute == FloatDType::F32 && !F32_FORWARD {
+    if compute == FloatDType::F32 {
         return Some(Flex::float_matmul(x.clone(), w.clone()));
     }
     // Gradients reach here as strided views (the attention's head split); the kernels read
